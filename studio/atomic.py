@@ -1,0 +1,60 @@
+"""Atomic output folders and files: a failed write leaves nothing that looks complete."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield an empty staging folder beside `target`; on success it is renamed to `target`.
+
+    The staging folder lives in the same parent so the final rename is atomic on POSIX. On any
+    exception the staging folder is removed and `target` is left as it was.
+    """
+    target = Path(target).resolve()
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"output folder already exists: {target}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
+        staging.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
+    except OSError as err:
+        raise OSError(f"cannot create an output folder in {target.parent}: {err.strerror or err}") from err
+    try:
+        yield staging
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _replace_directory(staging: Path, target: Path) -> None:
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    # os.replace cannot swap non-empty folders: move the old one aside first, then drop it.
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, retired / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,104 @@
+"""Calibration data: text from a local file or a Hugging Face dataset, packed into N x L token ids.
+
+A calibration source is either a path to a text file or a dataset spec
+`hf:NAME[/CONFIG][/SPLIT]` (the card's real default is `hf:wikitext/wikitext-2-raw-v1/train`).
+Texts are tokenized once as one stream and N windows of L tokens are drawn from it at seeded random
+offsets, as GPTQ and FLAP calibrate: the same spec and tokenizer always give the same tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+HF_PREFIX = "hf:"
+DEFAULT_SOURCE = "hf:wikitext/wikitext-2-raw-v1/train"
+
+
+@dataclass(frozen=True)
+class CalibrationSpec:
+    """Where calibration text comes from and how it is cut."""
+
+    source: str = DEFAULT_SOURCE
+    samples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    text_field: str = "text"
+
+    def __post_init__(self):
+        if not isinstance(self.source, str) or not self.source.strip():
+            raise ValueError("calibration.source: must be a text file path or 'hf:NAME[/CONFIG][/SPLIT]'")
+        for field in ("samples", "seqlen"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"calibration.{field}: must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"calibration.seed: must be an integer, got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_calibration_text(spec: CalibrationSpec) -> str:
+    """The raw text of the calibration source, documents joined by blank lines."""
+    if spec.source.startswith(HF_PREFIX):
+        return _load_hub_text(spec.source[len(HF_PREFIX) :], spec.text_field)
+    path = Path(spec.source).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"calibration.source: no such text file: {path}")
+    return path.read_text(encoding="utf-8")
+
+
+def _load_hub_text(dataset_spec: str, text_field: str) -> str:
+    parts = dataset_spec.split("/")
+    # Dataset names may carry an owner ("org/name"): the split is last, the config before it.
+    name, config, split = dataset_spec, None, "train"
+    if len(parts) >= 3:
+        name, config, split = "/".join(parts[:-2]), parts[-2], parts[-1]
+    elif len(parts) == 2:
+        name, config = parts
+    from datasets import load_dataset
+
+    dataset = load_dataset(name, config, split=split)
+    if text_field not in dataset.column_names:
+        raise ValueError(
+            f"calibration.text_field: dataset {name} has no column {text_field!r} "
+            f"(columns: {', '.join(dataset.column_names)})"
+        )
+    return "\n\n".join(dataset[text_field])
+
+
+def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
+    """All of `text` as one 1-D tensor of token ids, without special tokens."""
+    ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+    """Cut `samples` windows of `seqlen` tokens from `stream` at seeded random offsets.
+
+    Each window starts at a distinct offset; windows may overlap only when the stream is short.
+    """
+    available = stream.numel()
+    if available < seqlen + 1:
+        raise ValueError(
+            f"calibration: the text has {available} tokens, fewer than one sample of "
+            f"calibration.seqlen={seqlen} tokens; use a longer text or a shorter seqlen"
+        )
+    if available < samples * seqlen:
+        raise ValueError(
+            f"calibration: the text has {available} tokens but calibration.samples x "
+            f"calibration.seqlen = {samples} x {seqlen} = {samples * seqlen} are needed; "
+            "use more text, fewer samples or a shorter seqlen"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    starts = torch.randperm(available - seqlen + 1, generator=generator)[:samples]
+    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
+
+
+def build_calibration_ids(tokenizer, spec: CalibrationSpec) -> torch.Tensor:
+    """The calibration batch for `spec`: a LongTensor of shape [samples, seqlen]."""
+    stream = tokenize_stream(tokenizer, load_calibration_text(spec))
+    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed)

@@ -1,0 +1,38 @@
+"""The `python -m studio` command line: a thin layer over the `studio` library.
+
+Each subcommand lives in its own module under `studio/cli/` and provides
+`add_parser(subparsers)` (which registers it and sets `func`) so that commands stay independent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules under studio/cli/ that define subcommands, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "demo_model",
+    "prune",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m studio",
+        description="Gemma Lite Studio: FLAP pruning + GPTQ W4A16 for Gemma 4, served by vLLM.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"studio.cli.{name}").add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
+        # Input errors are the user's to fix: one readable line, no traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -1,0 +1,117 @@
+"""`python -m studio prune`: FLAP-prune a checkpoint's FFNs with bias compensation."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from studio.calibration import DEFAULT_SOURCE
+
+
+def add_calibration_arguments(parser, samples: int = 128, seqlen: int = 2048) -> None:
+    """The calibration options shared by the commands that calibrate."""
+    parser.add_argument(
+        "--calib",
+        default=DEFAULT_SOURCE,
+        help=f"calibration text: a text file or hf:NAME[/CONFIG][/SPLIT] (default: {DEFAULT_SOURCE})",
+    )
+    parser.add_argument("--samples", type=int, default=samples, help=f"calibration samples (default: {samples})")
+    parser.add_argument("--seqlen", type=int, default=seqlen, help=f"tokens per sample (default: {seqlen})")
+    parser.add_argument("--seed", type=int, default=0, help="calibration sampling seed (default: 0)")
+
+
+def add_plan_arguments(parser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--plan", help="preset file or built-in preset name (see presets/)")
+    group.add_argument(
+        "--ratio",
+        type=float,
+        help="global FFN pruning ratio; per-layer widths are suggested from FLAP's scores",
+    )
+    parser.add_argument(
+        "--max-layer-ratio",
+        type=float,
+        default=0.5,
+        help="with --ratio: most any one layer may be pruned (default: 0.5)",
+    )
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prune",
+        help="FLAP-prune the FFN layers of a Gemma 4 checkpoint",
+        description="Collect FLAP statistics on calibration text, score FFN channels, prune each layer "
+        "to its planned width with bias compensation, and write the pruned checkpoint together with "
+        "flap_stats.safetensors and prune_summary.json. The output folder appears only when complete.",
+    )
+    parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face model id")
+    add_plan_arguments(parser)
+    add_calibration_arguments(parser)
+    parser.add_argument("--metric", default="wifv", choices=["wifv", "wifn", "ifv"], help="channel score (default: wifv)")
+    parser.add_argument("--no-bias", action="store_true", help="prune without bias compensation")
+    parser.add_argument("--batch-size", type=int, default=1, help="calibration samples per forward (default: 1)")
+    parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the model loads)")
+    parser.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="keep the model on the CPU and move one decoder layer at a time to --device",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.set_defaults(func=run)
+
+
+def resolve_plan_argument(args, model: str):
+    """A `PruningPlan` from --plan, or the float from --ratio."""
+    from studio.modeling import load_text_config
+    from studio.plan import find_preset, load_plan
+
+    if args.ratio is not None:
+        if not 0 <= args.ratio < 1:
+            raise ValueError(f"--ratio: must be in [0, 1), got {args.ratio}")
+        return args.ratio
+    return load_plan(find_preset(args.plan), load_text_config(_config_path(model)))
+
+
+def _config_path(model: str) -> Path:
+    path = Path(model)
+    if path.exists():
+        return path
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(model, "config.json"))
+
+
+def print_progress(done: int, total: int, unit: str) -> None:
+    print(f"\r  statistics: {done}/{total} {unit}", end="\n" if done == total else "", file=sys.stderr, flush=True)
+
+
+def calibration_spec(args):
+    from studio.calibration import CalibrationSpec
+
+    return CalibrationSpec(source=args.calib, samples=args.samples, seqlen=args.seqlen, seed=args.seed)
+
+
+def run(args) -> int:
+    from studio.flap.pipeline import FlapSettings, prune_checkpoint
+
+    plan = resolve_plan_argument(args, args.model)
+    settings = FlapSettings(
+        metric=args.metric,
+        bias_compensation=not args.no_bias,
+        batch_size=args.batch_size,
+        layerwise=args.layerwise,
+        max_ratio=args.max_layer_ratio,
+    )
+    summary = prune_checkpoint(
+        args.model, plan, calibration_spec(args), args.out, settings, device=args.device, progress=print_progress
+    )
+    totals = summary["totals"]
+    widths = ", ".join(str(layer["kept_width"]) for layer in summary["layers"])
+    print(f"pruned checkpoint written to {args.out}")
+    print(f"  widths: {widths}")
+    print(
+        f"  FFN parameters: {totals['ffn_params_before']:,} -> {totals['ffn_params_after']:,} "
+        f"({totals['ffn_params_removed_fraction']:.1%} removed); model: "
+        f"{totals['model_params_before']:,} -> {totals['model_params_after']:,}"
+    )
+    return 0

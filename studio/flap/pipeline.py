@@ -1,0 +1,185 @@
+"""FLAP end to end on a checkpoint: calibrate, collect statistics, score, plan, prune, save.
+
+Each stage is its own function so the job runner can persist and resume them one by one;
+`prune_checkpoint` chains them for the CLI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from studio.atomic import atomic_directory
+from studio.calibration import CalibrationSpec, build_calibration_ids
+from studio.flap.prune import LayerPruneResult, prune_model
+from studio.flap.scores import model_scores, standardize
+from studio.flap.stats import ChannelMoments, FlapStatistics, ProgressFn, collect_statistics
+from studio.flap.suggest import suggest_widths
+from studio.modeling import load_model, text_config_of
+from studio.plan import PruningPlan
+
+STATS_FILE = "flap_stats.safetensors"
+SUMMARY_FILE = "prune_summary.json"
+
+
+@dataclass(frozen=True)
+class FlapSettings:
+    """How channels are scored and pruned."""
+
+    metric: str = "wifv"
+    bias_compensation: bool = True
+    batch_size: int = 1
+    layerwise: bool = False
+    max_ratio: float = 0.5  # per-layer cap when a plan is suggested from a global ratio
+
+
+def load_tokenizer(model_dir: str | Path):
+    """The checkpoint's processor if it has one (multimodal), else its tokenizer."""
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        return AutoProcessor.from_pretrained(model_dir)
+    except (OSError, ValueError, TypeError):
+        return AutoTokenizer.from_pretrained(model_dir)
+
+
+def text_tokenizer(processor_or_tokenizer):
+    return getattr(processor_or_tokenizer, "tokenizer", processor_or_tokenizer)
+
+
+def calibration_ids(model_dir: str | Path, spec: CalibrationSpec) -> torch.Tensor:
+    """Stage "calibrate": the [samples, seqlen] token ids for `spec`."""
+    return build_calibration_ids(text_tokenizer(load_tokenizer(model_dir)), spec)
+
+
+def save_statistics(path: str | Path, stats: FlapStatistics, scores: list[torch.Tensor], metric: str) -> None:
+    tensors = {}
+    for i, (moments, layer_scores) in enumerate(zip(stats.layers, scores)):
+        tensors[f"layers.{i}.mean"] = moments.mean.contiguous()
+        tensors[f"layers.{i}.variance"] = moments.variance.contiguous()
+        tensors[f"layers.{i}.scores"] = layer_scores.contiguous()
+    metadata = {"tokens": str(stats.tokens), "metric": metric, "layers": str(len(stats.layers))}
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_statistics(path: str | Path) -> tuple[FlapStatistics, list[torch.Tensor], str]:
+    """Statistics, scores and metric from a `flap_stats.safetensors` file."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    tensors = load_file(str(path))
+    count, n_layers = int(metadata["tokens"]), int(metadata["layers"])
+    layers = [
+        ChannelMoments(count, tensors[f"layers.{i}.mean"], tensors[f"layers.{i}.variance"] * count)
+        for i in range(n_layers)
+    ]
+    return FlapStatistics(layers), [tensors[f"layers.{i}.scores"] for i in range(n_layers)], metadata["metric"]
+
+
+def suggested_plan(
+    scores: list[torch.Tensor], text_config, ratio: float, max_ratio: float = 0.5, base: PruningPlan | None = None
+) -> PruningPlan:
+    """A plan pruning `ratio` of all FFN channels, chosen from standardised scores.
+
+    With `base`, its locked layers keep their widths.
+    """
+    from studio.modeling import original_widths
+
+    original = original_widths(text_config)
+    multiple = base.multiple if base else 128
+    widths = suggest_widths(
+        standardize(scores),
+        original,
+        ratio,
+        locks=base.locks if base else None,
+        locked_widths=base.widths if base else None,
+        max_ratio=max_ratio,
+        multiple=multiple,
+    )
+    return PruningPlan(
+        widths=widths,
+        original=original,
+        locks=list(base.locks) if base else [],
+        multiple=multiple,
+        name=f"flap-suggested-{ratio:g}",
+        description=f"FLAP adaptive widths for a global FFN pruning ratio of {ratio:g}",
+    )
+
+
+def prune_summary(results: list[LayerPruneResult], model_params_before: int, model_params_after: int, plan) -> dict:
+    layers = [
+        {
+            "layer": r.layer,
+            "original_width": r.original_width,
+            "kept_width": r.kept_width,
+            "params_before": r.params_before,
+            "params_after": r.params_after,
+        }
+        for r in results
+    ]
+    ffn_before = sum(r.params_before for r in results)
+    ffn_after = sum(r.params_after for r in results)
+    return {
+        "plan": plan.name,
+        "layers": layers,
+        "totals": {
+            "ffn_params_before": ffn_before,
+            "ffn_params_after": ffn_after,
+            "ffn_params_removed_fraction": 1 - ffn_after / ffn_before,
+            "model_params_before": model_params_before,
+            "model_params_after": model_params_after,
+            "channels_before": sum(r.original_width for r in results),
+            "channels_after": sum(r.kept_width for r in results),
+        },
+    }
+
+
+def _param_count(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def prune_checkpoint(
+    model_dir: str | Path,
+    plan: PruningPlan | float,
+    calibration: CalibrationSpec,
+    out_dir: str | Path,
+    settings: FlapSettings = FlapSettings(),
+    device: str | None = None,
+    dtype: torch.dtype | str = "auto",
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Prune `model_dir` with FLAP and write the pruned checkpoint to `out_dir` (atomically).
+
+    `plan` is a resolved `PruningPlan` or a global ratio, in which case the plan is suggested from
+    the scores. Returns the prune summary (also written as `prune_summary.json`).
+    """
+    processor = load_tokenizer(model_dir)
+    ids = build_calibration_ids(text_tokenizer(processor), calibration)
+    model = load_model(model_dir, dtype=dtype, device=None if settings.layerwise else device)
+    text_config = text_config_of(model.config)
+    stats = collect_statistics(
+        model, ids, settings.batch_size, device, settings.layerwise, progress=progress, should_stop=should_stop
+    )
+    scores = model_scores(model, stats, settings.metric)
+    if not isinstance(plan, PruningPlan):
+        plan = suggested_plan(scores, text_config, float(plan), settings.max_ratio)
+    plan.validate()
+    params_before = _param_count(model)
+    results = prune_model(model, scores, stats.means, plan.widths, settings.bias_compensation)
+    summary = prune_summary(results, params_before, _param_count(model), plan)
+    summary["metric"] = settings.metric
+    summary["bias_compensation"] = settings.bias_compensation
+    summary["calibration"] = calibration.to_dict()
+    with atomic_directory(out_dir) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+        save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,233 @@
+"""FLAP statistics: per-channel mean and variance of every FFN's down_proj input.
+
+FLAP scores an FFN channel by how much its activation fluctuates around its mean over calibration
+tokens. We collect, for every decoder layer, the exact mean and (population) variance of each
+down_proj input channel over all calibration tokens, accumulated in float64 with Chan's parallel
+merge, so the result does not depend on batch sizes. (The reference FLAP code updates its variance
+against a mean it has already overwritten; the merge below has no such aliasing.)
+
+Two ways to run the decoder over the calibration data:
+- batched: whole-model forwards with a hook per layer, when the model fits on the device;
+- layerwise: the decoder stack one layer at a time on cached layer inputs, as GPTQ does, so only
+  one decoder layer need be on the accelerator at once.
+Both give the same statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from studio.modeling import decoder_layers
+
+ProgressFn = Callable[[int, int, str], None]
+
+
+class Cancelled(Exception):
+    """Raised at a layer or batch boundary when the caller asked to stop."""
+
+
+@dataclass
+class ChannelMoments:
+    """Running count, mean and sum of squared deviations (M2) per channel, in float64."""
+
+    count: int
+    mean: torch.Tensor
+    m2: torch.Tensor
+
+    @classmethod
+    def empty(cls, channels: int) -> ChannelMoments:
+        zeros = torch.zeros(channels, dtype=torch.float64)
+        return cls(0, zeros, zeros.clone())
+
+    @classmethod
+    def of(cls, activations: torch.Tensor, rows_per_chunk: int = 1024) -> ChannelMoments:
+        """Moments of `activations` ([..., channels]) over all leading dimensions.
+
+        Rows are converted to float64 a chunk at a time, so the extra memory stays small next to
+        the activations themselves.
+        """
+        rows = activations.reshape(-1, activations.shape[-1])
+        moments = cls.empty(rows.shape[-1])
+        for chunk in rows.split(rows_per_chunk):
+            x = chunk.to(torch.float64)
+            mean = x.mean(dim=0)
+            m2 = ((x - mean) ** 2).sum(dim=0)
+            moments = moments.merge(cls(x.shape[0], mean.cpu(), m2.cpu()))
+        return moments
+
+    def merge(self, other: ChannelMoments) -> ChannelMoments:
+        """Chan et al.'s exact combination of two sets of moments."""
+        if other.count == 0:
+            return self
+        if self.count == 0:
+            return other
+        total = self.count + other.count
+        delta = other.mean - self.mean
+        mean = self.mean + delta * (other.count / total)
+        m2 = self.m2 + other.m2 + delta**2 * (self.count * other.count / total)
+        return ChannelMoments(total, mean, m2)
+
+    @property
+    def variance(self) -> torch.Tensor:
+        """Population variance (divides by the token count)."""
+        if self.count == 0:
+            raise ValueError("no activations were recorded")
+        return self.m2 / self.count
+
+
+@dataclass
+class FlapStatistics:
+    """Per-layer down_proj input moments of a whole model."""
+
+    layers: list[ChannelMoments]
+
+    @property
+    def means(self) -> list[torch.Tensor]:
+        return [m.mean for m in self.layers]
+
+    @property
+    def variances(self) -> list[torch.Tensor]:
+        return [m.variance for m in self.layers]
+
+    @property
+    def tokens(self) -> int:
+        return self.layers[0].count if self.layers else 0
+
+
+def language_model_of(model) -> nn.Module:
+    """The decoder stack (`Gemma4TextModel`) that calibration runs through; no LM head."""
+    inner = model.model
+    return getattr(inner, "language_model", inner)
+
+
+def _down_proj_recorders(layers: nn.ModuleList, moments: list[ChannelMoments]):
+    def make_hook(index: int):
+        def hook(_module, inputs):
+            moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
+
+        return hook
+
+    return [layer.mlp.down_proj.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
+
+
+def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for start in range(0, input_ids.shape[0], batch_size):
+        yield input_ids[start : start + batch_size]
+
+
+def _check_stop(should_stop: Callable[[], bool] | None) -> None:
+    if should_stop is not None and should_stop():
+        raise Cancelled("cancelled")
+
+
+@torch.no_grad()
+def collect_statistics(
+    model,
+    input_ids: torch.Tensor,
+    batch_size: int = 1,
+    device: str | torch.device | None = None,
+    layerwise: bool = False,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FlapStatistics:
+    """Mean and variance of every decoder layer's down_proj input over `input_ids` ([N, L]).
+
+    `layerwise=True` keeps the model where it is (e.g. on the CPU) and moves one decoder layer at a
+    time to `device`. Otherwise the model must already be on `device`.
+    """
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    layers = decoder_layers(model)
+    moments = [ChannelMoments.empty(layer.mlp.down_proj.in_features) for layer in layers]
+    handles = _down_proj_recorders(layers, moments)
+    try:
+        if layerwise:
+            _run_layerwise(model, input_ids, batch_size, device, progress, should_stop)
+        else:
+            _run_batched(model, input_ids, batch_size, progress, should_stop)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return FlapStatistics(moments)
+
+
+def _run_batched(model, input_ids, batch_size, progress, should_stop) -> None:
+    decoder = language_model_of(model)
+    device = next(decoder.parameters()).device
+    total = -(-input_ids.shape[0] // batch_size)
+    for done, batch in enumerate(_batches(input_ids, batch_size), start=1):
+        _check_stop(should_stop)
+        decoder(input_ids=batch.to(device), use_cache=False)
+        if progress:
+            progress(done, total, "batches")
+
+
+class _LayerInputRecorder(nn.Module):
+    """Stands in for a decoder layer: records the call's other arguments, passes hidden states on."""
+
+    def __init__(self, calls: list):
+        super().__init__()
+        self.calls = calls
+
+    def forward(self, hidden_states, *args, **kwargs):
+        self.calls.append((hidden_states, args, kwargs))
+        return hidden_states
+
+
+def _record_layer_calls(decoder, batch: torch.Tensor) -> list[list]:
+    """Run the decoder's embedding stage on `batch` and return each layer's call arguments.
+
+    Layers are swapped for recorders, so no decoder weights are touched: what is recorded is what
+    transformers itself would pass each layer (position embeddings per attention type, masks,
+    per-layer embeddings, the KV-sharing store that producer layers fill for the shared tail).
+    """
+    layers = decoder.layers
+    originals = list(layers)
+    calls: list[list] = [[] for _ in originals]
+    try:
+        for i in range(len(layers)):
+            layers[i] = _LayerInputRecorder(calls[i])
+        decoder(input_ids=batch, use_cache=False)
+    finally:
+        for i, original in enumerate(originals):
+            layers[i] = original
+    return [layer_calls[0] for layer_calls in calls]
+
+
+def _run_layerwise(model, input_ids, batch_size, device, progress, should_stop) -> None:
+    decoder = language_model_of(model)
+    home = next(decoder.layers[0].parameters()).device
+    device = torch.device(device) if device is not None else home
+    embedding_device = next(decoder.embed_tokens.parameters()).device
+    # One recorded call per batch and layer; layer 0's hidden states are the embeddings.
+    per_batch = [_record_layer_calls(decoder, b.to(embedding_device)) for b in _batches(input_ids, batch_size)]
+    hidden = [_to(calls[0][0], device) for calls in per_batch]
+    layers = decoder.layers
+    for index, layer in enumerate(layers):
+        _check_stop(should_stop)
+        layer.to(device)
+        for b, calls in enumerate(per_batch):
+            _, args, kwargs = calls[index]
+            hidden[b] = layer(hidden[b], *_to(args, device), **_to(kwargs, device))
+        layer.to(home)
+        if progress:
+            progress(index + 1, len(layers), "layers")
+
+
+def _to(value, device):
+    """Move tensors nested in tuples, lists and dicts to `device`, leaving other objects (caches) as is."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, tuple):
+        return tuple(_to(v, device) for v in value)
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    if isinstance(value, dict) and type(value) is dict:
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
