@@ -15,6 +15,11 @@ import torch
 
 HF_PREFIX = "hf:"
 DEFAULT_SOURCE = "hf:wikitext/wikitext-2-raw-v1/train"
+BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
+# Offline stand-ins shipped in data/: calibration text and held-out evaluation text.
+OFFLINE_CALIBRATION_TEXT = BUNDLED_DATA / "wikitext-2-valid.txt"
+OFFLINE_EVALUATION_TEXT = BUNDLED_DATA / "wikitext-2-raw-test.txt"
+E4B_TEXT_CONFIG = BUNDLED_DATA / "gemma-4-e4b-text-config.json"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from studio.atomic import atomic_directory
+from studio.calibration import OFFLINE_CALIBRATION_TEXT
 
-DEFAULT_TOKENIZER_CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wikitext-2-valid.txt"
+DEFAULT_TOKENIZER_CORPUS = OFFLINE_CALIBRATION_TEXT
 
 # Token strings the Gemma 4 processor and chat template look for. Ids follow the order listed.
 SPECIAL_TOKENS = {

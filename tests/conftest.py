@@ -10,10 +10,12 @@ import pytest
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-CALIBRATION_TEXT = DATA_DIR / "wikitext-2-valid.txt"
-TEST_TEXT = DATA_DIR / "wikitext-2-raw-test.txt"
-E4B_CONFIG = DATA_DIR.parent / "reference" / "gemma-4-e4b-text-config.json"
+from studio.calibration import E4B_TEXT_CONFIG, OFFLINE_CALIBRATION_TEXT, OFFLINE_EVALUATION_TEXT
+
+# The repository's bundled copies of ../shared/data and the E4B reference config (data/README.md).
+CALIBRATION_TEXT = OFFLINE_CALIBRATION_TEXT
+TEST_TEXT = OFFLINE_EVALUATION_TEXT
+E4B_CONFIG = E4B_TEXT_CONFIG
 
 
 @pytest.fixture(scope="session")

@@ -22,12 +22,9 @@ import torch
 from torch import nn
 
 from studio.modeling import decoder_layers
+from studio.progress import Cancelled, ProgressFn, check_stop
 
-ProgressFn = Callable[[int, int, str], None]
-
-
-class Cancelled(Exception):
-    """Raised at a layer or batch boundary when the caller asked to stop."""
+__all__ = ["Cancelled", "ChannelMoments", "FlapStatistics", "ProgressFn", "collect_statistics"]
 
 
 @dataclass
@@ -44,7 +41,7 @@ class ChannelMoments:
         return cls(0, zeros, zeros.clone())
 
     @classmethod
-    def of(cls, activations: torch.Tensor, rows_per_chunk: int = 1024) -> ChannelMoments:
+    def of(cls, activations: torch.Tensor, rows_per_chunk: int = 256) -> ChannelMoments:
         """Moments of `activations` ([..., channels]) over all leading dimensions.
 
         Rows are converted to float64 a chunk at a time, so the extra memory stays small next to
@@ -53,9 +50,9 @@ class ChannelMoments:
         rows = activations.reshape(-1, activations.shape[-1])
         moments = cls.empty(rows.shape[-1])
         for chunk in rows.split(rows_per_chunk):
-            x = chunk.to(torch.float64)
+            x = chunk.to(torch.float64, copy=True)
             mean = x.mean(dim=0)
-            m2 = ((x - mean) ** 2).sum(dim=0)
+            m2 = x.sub_(mean).pow_(2).sum(dim=0)  # in place: x is already a private float64 copy
             moments = moments.merge(cls(x.shape[0], mean.cpu(), m2.cpu()))
         return moments
 
@@ -119,11 +116,6 @@ def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]
         yield input_ids[start : start + batch_size]
 
 
-def _check_stop(should_stop: Callable[[], bool] | None) -> None:
-    if should_stop is not None and should_stop():
-        raise Cancelled("cancelled")
-
-
 @torch.no_grad()
 def collect_statistics(
     model,
@@ -162,7 +154,7 @@ def _run_batched(model, input_ids, batch_size, progress, should_stop) -> None:
     device = next(decoder.parameters()).device
     total = -(-input_ids.shape[0] // batch_size)
     for done, batch in enumerate(_batches(input_ids, batch_size), start=1):
-        _check_stop(should_stop)
+        check_stop(should_stop)
         decoder(input_ids=batch.to(device), use_cache=False)
         if progress:
             progress(done, total, "batches")
@@ -210,7 +202,7 @@ def _run_layerwise(model, input_ids, batch_size, device, progress, should_stop) 
     hidden = [_to(calls[0][0], device) for calls in per_batch]
     layers = decoder.layers
     for index, layer in enumerate(layers):
-        _check_stop(should_stop)
+        check_stop(should_stop)
         layer.to(device)
         for b, calls in enumerate(per_batch):
             _, args, kwargs = calls[index]
