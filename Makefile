@@ -32,7 +32,7 @@ serve-env:
 run: install
 	$(PY) app.py
 
-test: install-dev system-deps
+test: install-dev system-deps serve-env
 	$(PY) -m pytest -q tests
 
 bench: install

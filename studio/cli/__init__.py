@@ -15,6 +15,9 @@ COMMAND_MODULES = [
     "demo_model",
     "prune",
     "quantize",
+    "compress",
+    "estimate",
+    "push",
 ]
 
 

@@ -1,0 +1,281 @@
+"""The README.md model card of an export folder, generated from what the folder holds.
+
+Every number in the card comes from data: the per-layer widths from config.json, the sizes from the
+safetensors headers (`studio.sizes`), the GPTQ settings from quantize_config.json, the per-module
+error from quant_log.csv and, when given, evaluation results. Nothing is copied from the reference
+card's prose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from studio.sizes import COMPONENT_LABELS, SizeReport
+
+
+@dataclass(frozen=True)
+class CardData:
+    """What the card is written from."""
+
+    name: str
+    base_model: str | None  # folder or hub id of the model compressed, when known
+    quantized: bool
+    dtype: str
+    widths: list[int]
+    original_widths: list[int]
+    layer_types: list[str]
+    multimodal: bool
+    flap_pruned: bool
+    sizes_before: SizeReport
+    sizes_after: SizeReport
+    before_source: str  # how the "before" sizes were obtained
+    quantize_config: Mapping | None = None
+    quant_log: list = field(default_factory=list)  # studio.quantize.ModuleQuantRecord rows
+    prune_summary: Mapping | None = None
+    evaluation: Mapping[str, Mapping] | None = None
+    files: list[str] = field(default_factory=list)
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.3f} GB" if n >= 1e8 else f"{n / 1e6:.3f} MB"
+
+
+def _change(before: int, after: int) -> str:
+    return "0%" if before == 0 or before == after else f"{(after - before) / before:+.1%}"
+
+
+def plan_table(data: CardData) -> list[str]:
+    """Consecutive layers with the same width and ratio, one row per run."""
+    rows = ["| Layers | Attention | Pruned | intermediate_size |", "|---|---|---|---|"]
+    layers = list(enumerate(zip(data.widths, data.original_widths, data.layer_types)))
+    for _key, run in groupby(layers, key=lambda item: (item[1][0], item[1][1])):
+        run = list(run)
+        first, last = run[0][0], run[-1][0]
+        width, original = run[0][1][0], run[0][1][1]
+        span = f"{first}" if first == last else f"{first}-{last}"
+        kinds = ", ".join(sorted({t.replace("_attention", "") for _, (_, _, t) in run}))
+        rows.append(f"| {span} | {kinds} | {1 - width / original:.1%} | {width} |")
+    return rows
+
+
+def width_distribution(data: CardData) -> list[str]:
+    rows = ["| intermediate_size | Layers |", "|---|---|"]
+    for width in sorted(set(data.widths), reverse=True):
+        rows.append(f"| {width} | {data.widths.count(width)} |")
+    return rows
+
+
+def sizes_table(before: SizeReport, after: SizeReport) -> list[str]:
+    rows = ["| Component | Parameters before | Parameters after | Bytes before | Bytes after | Bytes change |",
+            "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name in dict.fromkeys([*before.components, *after.components]):
+        b, a = before.component(name), after.component(name)
+        rows.append(
+            f"| {COMPONENT_LABELS[name]} | {b.params:,} | {a.params:,} | {b.bytes:,} | {a.bytes:,} | {_change(b.bytes, a.bytes)} |"
+        )
+    rows.append(
+        f"| **total** | **{before.params:,}** | **{after.params:,}** | **{before.tensor_bytes:,}** | "
+        f"**{after.tensor_bytes:,}** | **{_change(before.tensor_bytes, after.tensor_bytes)}** |"
+    )
+    return rows
+
+
+def quant_error_table(records: list) -> list[str]:
+    """GPTQ loss per decoder layer, one column per quantized module."""
+    modules = list(dict.fromkeys(r.module for r in records))
+    rows = ["| Layer | " + " | ".join(modules) + " | max |", "|---" * (len(modules) + 2) + "|"]
+    for layer, run in groupby(records, key=lambda r: r.layer):
+        by_module = {r.module: r.loss for r in run}
+        cells = [f"{by_module[m]:.3g}" if m in by_module else "-" for m in modules]
+        rows.append(f"| {layer} | " + " | ".join(cells) + f" | {max(by_module.values()):.3g} |")
+    return rows
+
+
+def _compression_section(data: CardData) -> list[str]:
+    lines = ["## Compression", ""]
+    summary = data.prune_summary or {}
+    if data.flap_pruned:
+        removed = sum(data.original_widths) - sum(data.widths)
+        ffn_before = data.sizes_before.component("ffn").params
+        ffn_after = data.sizes_after.component("ffn").params
+        lines += [
+            "### FLAP structured pruning of the FFNs",
+            "",
+            f"- Channels removed: {removed:,} of {sum(data.original_widths):,} "
+            f"({removed / sum(data.original_widths):.1%}); FFN parameters {ffn_before:,} -> {ffn_after:,} "
+            f"({_change(ffn_before, ffn_after)}, the FLAP down_proj biases included).",
+            f"- Channel score: {summary.get('metric', 'unknown')}; bias compensation: "
+            f"{'yes' if summary.get('bias_compensation', True) else 'no'} (each pruned layer's down_proj gains a "
+            "bias holding the mean contribution of the removed channels).",
+        ]
+        calibration = summary.get("calibration")
+        if calibration:
+            lines.append(
+                f"- Calibration: {calibration['samples']} x {calibration['seqlen']} tokens from `{calibration['source']}` "
+                f"(seed {calibration['seed']})."
+            )
+        lines += ["", *plan_table(data), "", *width_distribution(data), ""]
+    else:
+        lines += ["The FFNs are not pruned (no `flap_pruned` in config.json).", ""]
+    if data.quantized and data.quantize_config:
+        q = data.quantize_config
+        meta = q.get("meta") or {}
+        lines += [
+            f"### GPTQ weight-only quantization (W{q.get('bits')}A16)",
+            "",
+            "| Setting | Value |",
+            "|---|---|",
+            f"| bits | {q.get('bits')} |",
+            f"| group_size | {q.get('group_size')} |",
+            f"| sym | {q.get('sym')} |",
+            f"| desc_act | {q.get('desc_act')} |",
+            f"| damp_percent | {meta.get('damp_percent', q.get('damp_percent'))} |",
+            f"| checkpoint format | {q.get('checkpoint_format', q.get('format'))} |",
+            f"| quantizer | {', '.join(meta.get('quantizer', [])) or 'unknown'} |",
+            "",
+            f"Quantized: `self_attn.o_proj`, `mlp.gate_proj`, `mlp.up_proj`, `mlp.down_proj` of every decoder "
+            f"layer ({len(data.quant_log)} modules). Kept in {data.dtype} by these `dynamic` rules (first match "
+            "wins, in GPTQModel and in vLLM) and by module selection: everything else, including norms and all "
+            "biases (the FLAP down_proj bias too).",
+            "",
+            *[f"- `{pattern}`" for pattern in (q.get("dynamic") or {})],
+            "",
+        ]
+    return lines
+
+
+def _sizes_section(data: CardData) -> list[str]:
+    before, after = data.sizes_before, data.sizes_after
+    lines = [
+        "## Sizes",
+        "",
+        f"Exact counts. After: the safetensors headers of this folder. Before: {data.before_source}.",
+        "Parameters count the weights the model computes with (a quantized module counts its full "
+        "in x out weights); bytes count what is stored (packed int32 weights, float16 scales, packed "
+        "zeros and int32 g_idx for quantized modules).",
+        "",
+        *sizes_table(before, after),
+        "",
+        f"- Total tensor bytes: {_gb(before.tensor_bytes)} -> {_gb(after.tensor_bytes)} "
+        f"({_change(before.tensor_bytes, after.tensor_bytes)}); files on disk (with safetensors headers): "
+        f"{_gb(after.file_bytes or after.tensor_bytes)}.",
+        f"- Parameters: {before.params:,} -> {after.params:,} ({_change(before.params, after.params)}).",
+    ]
+    if after.quantized_params:
+        lines.append(
+            f"- Quantized modules: {after.quantized_params:,} weights in {_gb(after.quantized_bytes)} "
+            f"({after.quantized_bytes / (after.quantized_params * 2):.1%} of the same weights in 16-bit); "
+            + ", ".join(f"{part} {_gb(n)}" for part, n in after.gptq_parts.items())
+            + "."
+        )
+    lines += [f"- Assumption: {a}" for a in (*before.assumptions, *after.assumptions)]
+    return [*lines, ""]
+
+
+def _quant_error_section(records: list) -> list[str]:
+    if not records:
+        return []
+    worst = max(records, key=lambda r: r.loss)
+    mean = sum(r.loss for r in records) / len(records)
+    return [
+        "## GPTQ error per layer",
+        "",
+        f"GPTQModel's loss (mean squared error of each module's output on the calibration activations), from "
+        f"`quant_log.csv`. Mean {mean:.3g}; worst {worst.loss:.3g} at layer {worst.layer} `{worst.module}`.",
+        "",
+        *quant_error_table(records),
+        "",
+    ]
+
+
+def _evaluation_section(evaluation: Mapping[str, Mapping] | None) -> list[str]:
+    if not evaluation:
+        return []
+    lines = ["## Evaluation", "", "| Model | Perplexity | NLL (nats/token) | Tokens | seqlen | stride |",
+             "|---|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for name, result in evaluation.items():
+        lines.append(
+            f"| {name} | {result['ppl']:.4f} | {result['nll']:.4f} | {result['tokens']:,} | "
+            f"{result.get('seqlen', '-')} | {result.get('stride', '-')} |"
+        )
+    return [*lines, ""]
+
+
+def _usage_section(data: CardData) -> list[str]:
+    lines = [
+        "## Deployment with vLLM",
+        "",
+        "The folder carries `vllm_flap_plugin/` and its `vllm_flap_plugin.egg-info/`: with the folder on "
+        "`PYTHONPATH`, vLLM finds the plugin through its `vllm.general_plugins` entry point, no install needed.",
+        "",
+        "```bash",
+        "MODEL_DIR=/path/to/this/folder",
+        'export PYTHONPATH="$MODEL_DIR:$PYTHONPATH"',
+        "vllm serve $MODEL_DIR --config $MODEL_DIR/vllm_config.yaml",
+        "```",
+        "",
+    ]
+    if data.flap_pruned:
+        lines += [
+            "Without the plugin vLLM refuses to load the model (config.json names an architecture only the "
+            "plugin registers), rather than serving it with the down_proj biases dropped.",
+            "",
+        ]
+    if data.quantized:
+        lines += ["The INT4 GPTQ kernels need a GPU (vLLM's CPU backend cannot run them on AVX2-only CPUs).", ""]
+    elif data.multimodal:
+        lines += [
+            "On a CPU build of vLLM without torchvision, serve it as a text model (same files):",
+            "",
+            "```bash",
+            "vllm serve $MODEL_DIR --config $MODEL_DIR/vllm_config.yaml \\",
+            "  --hf-overrides '{\"architectures\": [\"Gemma4FlapForCausalLM\"]}'" if data.flap_pruned
+            else "  --hf-overrides '{\"architectures\": [\"Gemma4ForCausalLM\"]}'",
+            "```",
+            "",
+        ]
+    loader = (
+        "from studio.quantize import load_quantized\nmodel = load_quantized(\"/path/to/this/folder\", device=\"cpu\")"
+        if data.quantized
+        else "from studio.modeling import load_model\nmodel = load_model(\"/path/to/this/folder\", dtype=\"bfloat16\")"
+    )
+    lines += ["## Loading with Gemma Lite Studio", "", "```python", loader, "```", ""]
+    return lines
+
+
+def render_model_card(data: CardData) -> str:
+    steps = (["FLAP structured pruning of the FFN layers (with bias compensation)"] if data.flap_pruned else []) + (
+        [f"GPTQ INT{data.quantize_config.get('bits')} weight-only quantization through GPTQModel"]
+        if data.quantized and data.quantize_config
+        else []
+    )
+    after, before = data.sizes_after, data.sizes_before
+    lines = [
+        "---",
+        "library_name: transformers",
+        *([f"base_model: {data.base_model}"] if data.base_model else []),
+        "tags: [gemma4, flap, pruning" + (", gptq, int4" if data.quantized else "") + ", vllm]",
+        "---",
+        "",
+        f"# {data.name}",
+        "",
+        (f"A compressed version of `{data.base_model}`: " if data.base_model else "A compressed Gemma 4 model: ")
+        + (" followed by ".join(steps) or "exported unchanged")
+        + ".",
+        f"{after.params:,} parameters in {_gb(after.tensor_bytes)} of tensors "
+        f"(base: {before.params:,} parameters, {_gb(before.tensor_bytes)} in {data.dtype}). "
+        f"Unquantized tensors are stored in {data.dtype}. Made with Gemma Lite Studio.",
+        "",
+        *_compression_section(data),
+        *_sizes_section(data),
+        *_quant_error_section(data.quant_log),
+        *_evaluation_section(data.evaluation),
+        *_usage_section(data),
+        "## Files",
+        "",
+        *[f"- `{name}`" for name in data.files],
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""Checks on what visitors hand the studio: paths they type and files they upload.
+
+On a Space, anyone can type into the studio's forms, so a path from a form is only accepted when
+it names something inside the studio's data folder (`STUDIO_HOME`): no `..` escapes, no absolute
+paths elsewhere, no symlink that leads out. Uploaded files have size limits per kind. Every error
+is a ValueError naming the form field, as the rest of the studio's input errors are.
+
+Specs and presets are data: they are read with safe YAML/JSON loaders, and no model is ever
+loaded with `trust_remote_code=True` (tests/space/test_safety.py checks the tree for it).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MIB = 1024 * 1024
+# What one upload may weigh, by kind: calibration / evaluation text can be large, a YAML spec or
+# preset is a few KiB.
+TEXT_UPLOAD_MAX_BYTES = 64 * MIB
+SPEC_UPLOAD_MAX_BYTES = 1 * MIB
+# The cap Gradio applies to any upload before a handler sees it (`launch(max_file_size=...)`).
+MAX_UPLOAD_BYTES = TEXT_UPLOAD_MAX_BYTES
+
+
+def resolve_inside(root: str | Path, user_path: str | Path, field: str) -> Path:
+    """`user_path` (relative to `root`, or absolute) resolved, if it stays inside `root`.
+
+    Symlinks are followed before the check, so a link inside `root` that points elsewhere is
+    refused like a `..` path. The path need not exist yet (an output folder, say).
+    """
+    text = os.fspath(user_path) if isinstance(user_path, (str, Path)) else None
+    if text is None or not text.strip():
+        raise ValueError(f"{field}: a path is required")
+    if "\x00" in text:
+        raise ValueError(f"{field}: the path contains a NUL byte")
+    base = Path(root).expanduser().resolve()
+    candidate = Path(text).expanduser()
+    resolved = (candidate if candidate.is_absolute() else base / candidate).resolve()
+    if not resolved.is_relative_to(base):
+        raise ValueError(f"{field}: {text!r} is outside the studio's data folder {base}")
+    return resolved
+
+
+def studio_path(user_path: str | Path, field: str, home: Path | None = None) -> Path:
+    """A user-supplied path, checked to stay inside `STUDIO_HOME` (or `home`)."""
+    from studio.paths import studio_home
+
+    return resolve_inside(home or studio_home(), user_path, field)
+
+
+def _size(n: int) -> str:
+    """1,048,577 bytes (1.0 MiB): exact, so a file just over a limit does not read as equal to it."""
+    return f"{n:,} bytes ({n / MIB:.1f} MiB)" if n >= MIB else f"{n:,} bytes"
+
+
+def _limit(n: int) -> str:
+    return f"{n // MIB} MiB" if n % MIB == 0 else f"{n:,} bytes"
+
+
+def check_upload(path: str | Path, field: str, max_bytes: int) -> Path:
+    """An uploaded file, if it is a regular file of at most `max_bytes`."""
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"{field}: the upload {file.name!r} is not a file")
+    size = file.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{field}: the upload {file.name!r} is {_size(size)}, over the {_limit(max_bytes)} limit")
+    return file
+
+
+def read_text_upload(path: str | Path, field: str, max_bytes: int = TEXT_UPLOAD_MAX_BYTES) -> str:
+    """The text of an uploaded file: size-checked, then decoded as UTF-8."""
+    file = check_upload(path, field, max_bytes)
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{field}: the upload {file.name!r} is not UTF-8 text (byte {err.start})") from None
