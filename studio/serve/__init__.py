@@ -1,0 +1,42 @@
+"""Serving and chatting: vLLM servers, OpenAI-compatible clients, the CPU fallback, two-pane chat.
+
+- `studio.serve.chat`: the backend-neutral interface (messages, `SamplingSettings`, stream events).
+- `studio.serve.client`: `OpenAIBackend`, for vLLM or any OpenAI-compatible endpoint.
+- `studio.serve.cpu_backend`: `TransformersBackend`, generation with transformers on the CPU
+  (imported on its own: it loads torch).
+- `studio.serve.side_by_side`: `SideBySideChat`, panes A and B, blind votes, transcripts.
+- `studio.serve.manager`: `ServerManager`, starting and stopping vLLM servers.
+- `studio.serve.memory`: GPU shares and context lengths that fit.
+"""
+
+from studio.serve.chat import (
+    ChatBackend,
+    ChatError,
+    ChatEvent,
+    GenerationStats,
+    SamplingSettings,
+    TextDelta,
+    image_to_data_url,
+    user_message,
+)
+from studio.serve.client import OpenAIBackend
+from studio.serve.manager import Server, ServerManager, ServerSpec, ServerStartError
+from studio.serve.side_by_side import PaneUpdate, SideBySideChat
+
+__all__ = [
+    "ChatBackend",
+    "ChatError",
+    "ChatEvent",
+    "GenerationStats",
+    "OpenAIBackend",
+    "PaneUpdate",
+    "SamplingSettings",
+    "Server",
+    "ServerManager",
+    "ServerSpec",
+    "ServerStartError",
+    "SideBySideChat",
+    "TextDelta",
+    "image_to_data_url",
+    "user_message",
+]
