@@ -37,6 +37,7 @@ test: install-dev system-deps serve-env
 
 bench: install
 	$(PY) benchmarks/bench_flap_stats.py
+	$(PY) benchmarks/bench_ui.py
 
 clean:
 	rm -rf $(VENV) .venv-vllm

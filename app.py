@@ -1,22 +1,25 @@
-"""Gemma Lite Studio: `python app.py` starts the studio in the browser on the built-in demo model."""
+"""Gemma Lite Studio: `python app.py` opens the studio in the browser, on the built-in demo model.
+
+Everything the studio keeps (jobs, presets, the demo model) lives under STUDIO_HOME (see
+`studio.paths`). A job worker is started beside the app and stopped with it; jobs it was running
+resume when the app starts again.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
+import atexit
+import signal
 from pathlib import Path
 
 
-def studio_home() -> Path:
-    return Path(os.environ.get("STUDIO_HOME", Path.home() / ".local" / "share" / "gemma-lite-studio"))
-
-
 def ensure_demo_model(home: Path) -> Path:
-    """The demo model under STUDIO_HOME, built on first start (a few seconds, offline)."""
+    """The demo model under STUDIO_HOME/models/demo, built on first start (seconds, offline)."""
     from studio.demo_model import build_demo_model
 
     path = home / "models" / "demo"
     if not (path / "config.json").is_file():
+        print(f"building the demo model in {path} ...", flush=True)
         build_demo_model(path)
     return path
 
@@ -25,21 +28,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Start Gemma Lite Studio (Gradio) on the demo model.")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--no-worker", action="store_true", help="do not start a job worker (run `python -m studio worker` yourself)")
     args = parser.parse_args()
 
-    import gradio as gr
+    from studio.paths import studio_home
+    from studio.ui.app import launch
+    from studio.ui.context import StudioContext
 
-    from studio.modeling import load_text_config, original_widths
+    home = studio_home()
+    home.mkdir(parents=True, exist_ok=True)
+    ctx = StudioContext(home=home, demo_dir=ensure_demo_model(home))
+    if not args.no_worker:
+        from studio.jobs.worker import start_embedded_worker
 
-    demo_dir = ensure_demo_model(studio_home())
-    config = load_text_config(demo_dir)
-    with gr.Blocks(title="Gemma Lite Studio") as page:
-        gr.Markdown("# Gemma Lite Studio")
-        gr.Markdown(
-            f"Demo model at `{demo_dir}`: {config.num_hidden_layers} layers, "
-            f"FFN widths {original_widths(config)}, KV-shared tail of {config.num_kv_shared_layers} layers."
-        )
-    page.launch(server_name=args.host, server_port=args.port)
+        worker = start_embedded_worker(home)
+        atexit.register(worker.stop)
+        # SIGTERM stops the app like Ctrl-C (Gradio closes its server and `launch` returns), so the
+        # worker is stopped at exit and a job it was running is queued again.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        print(f"job worker started (pid {worker.pid}, log {worker.log_path})", flush=True)
+    launch(ctx, host=args.host, port=args.port)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 HF_PREFIX = "hf:"
 DEFAULT_SOURCE = "hf:wikitext/wikitext-2-raw-v1/train"
@@ -77,6 +79,8 @@ def _load_hub_text(dataset_spec: str, text_field: str) -> str:
 
 def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     """All of `text` as one 1-D tensor of token ids, without special tokens."""
+    import torch  # here, not at module level: the CLI reads this module's defaults without torch
+
     ids = tokenizer(text, add_special_tokens=False, return_attention_mask=False)["input_ids"]
     return torch.tensor(ids, dtype=torch.long)
 
@@ -86,6 +90,8 @@ def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int) -> 
 
     Each window starts at a distinct offset; windows may overlap only when the stream is short.
     """
+    import torch
+
     available = stream.numel()
     if available < seqlen + 1:
         raise ValueError(

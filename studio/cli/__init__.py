@@ -13,10 +13,12 @@ import sys
 # Modules under studio/cli/ that define subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
     "demo_model",
+    "eval",
     "prune",
     "quantize",
     "compress",
     "estimate",
+    "jobs",
     "push",
 ]
 

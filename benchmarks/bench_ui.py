@@ -1,0 +1,125 @@
+"""Responsiveness of the studio UI: table edit -> estimate round trip, and plot payload sizes.
+
+    python benchmarks/bench_ui.py [--url http://127.0.0.1:7860] [--edits 20]
+
+Without --url, starts `app.py` on a free port with STUDIO_HOME in a temporary folder (and stops it).
+Through gradio_client, on E4B's config with the card's preset, it times `edit_plan` (a ratio edit)
+followed by `estimate`, as the browser runs them, and prints the median and 90th percentile. It
+then prints the JSON size of each analysis figure for a synthetic 42 x 10240 model (random scores,
+the card's widths) beside the size of the raw scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests" / "ui"))
+
+
+def start_app(home: Path) -> tuple[subprocess.Popen, str]:
+    from conftest import free_port, wait_until_up  # the test fixture's helpers
+
+    port = free_port()
+    log = home / "app.log"
+    env = {**os.environ, "STUDIO_HOME": str(home), "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
+    with open(log, "wb") as output:
+        process = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(port), "--no-worker"],
+                                   cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    wait_until_up(url, process, log)
+    return process, url
+
+
+def edit_round_trips(url: str, edits: int) -> list[float]:
+    from gradio_client import Client
+
+    from studio.ui.context import E4B_CONFIG_ONLY
+
+    client = Client(url, verbose=False)
+    client.predict(E4B_CONFIG_ONLY, api_name="/load_model")
+    table, _ = client.predict("gemma4-lite-round2", api_name="/load_preset")
+    seconds = []
+    for k in range(edits):
+        rows = table["data"]
+        rows[4][4] = 0.1 if k % 2 == 0 else 0.2
+        start = time.perf_counter()
+        table, _ = client.predict({"headers": table["headers"], "data": rows}, api_name="/edit_plan")
+        client.predict(True, 4, 128, api_name="/estimate")
+        seconds.append(time.perf_counter() - start)
+    return seconds
+
+
+def synthetic_payloads() -> dict[str, int]:
+    import torch
+
+    from studio.model_summary import estimate_sizes, parameter_shapes
+    from studio.modeling import load_text_config, original_widths
+    from studio.plan import find_preset, load_plan
+    from studio.plots import (
+        figure_payload_bytes,
+        gptq_loss_figure,
+        score_distribution_figure,
+        score_summary,
+        size_breakdown_figure,
+        widths_figure,
+    )
+    from studio.quantize import ModuleQuantRecord
+    from studio.ui.context import REFERENCE_CONFIG
+
+    config = load_text_config(REFERENCE_CONFIG)
+    plan = load_plan(find_preset("gemma4-lite-round2"), config)
+    scores = [torch.randn(10240, dtype=torch.float64) for _ in range(42)]
+    records = [ModuleQuantRecord(i, m, 1e-3, 256, 0.01, 0.1) for i in range(42)
+               for m in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    kinds = ["full" if t == "full_attention" else "sliding" for t in config.layer_types]
+    estimate = estimate_sizes(parameter_shapes(REFERENCE_CONFIG), plan.widths, plan.original)
+    figures = {
+        "scores": score_distribution_figure(score_summary(scores, plan.widths)),
+        "widths": widths_figure(plan.widths, original_widths(config), kinds, [i >= 24 for i in range(42)]),
+        "gptq": gptq_loss_figure(records),
+        "sizes": size_breakdown_figure(estimate.bytes),
+    }
+    payloads = {name: figure_payload_bytes(fig) for name, fig in figures.items()}
+    payloads["raw scores as JSON (not sent)"] = len(json.dumps([s.tolist() for s in scores]))
+    return payloads
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--url", help="a running studio (default: start one)")
+    parser.add_argument("--edits", type=int, default=20, help="edit round trips to time (default: 20)")
+    args = parser.parse_args()
+
+    print("plot payloads, 42 x 10240 model (bytes of figure JSON):")
+    for name, size in synthetic_payloads().items():
+        print(f"  {name:32s} {size:>10,d}")
+
+    process = None
+    with tempfile.TemporaryDirectory() as home:
+        url = args.url
+        if url is None:
+            process, url = start_app(Path(home))
+        try:
+            seconds = sorted(edit_round_trips(url, args.edits))
+        finally:
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(60)
+    p90 = seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))]
+    print(f"table edit -> estimate round trip over {len(seconds)} edits (E4B, card preset): "
+          f"median {statistics.median(seconds) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""What submitters (the CLI, the UI) call: submit, run in-process, cancel, list."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+from pathlib import Path
+
+from studio.jobs.queue import enqueue, open_queue
+from studio.jobs.spec import JobSpec, load_spec
+from studio.jobs.store import JobStore, this_worker
+from studio.paths import jobs_dir, studio_home
+
+
+def job_store(home: Path | None = None) -> JobStore:
+    return JobStore(jobs_dir(home or studio_home()))
+
+
+def _as_spec(spec: JobSpec | str | Path) -> JobSpec:
+    return spec if isinstance(spec, JobSpec) else load_spec(spec)
+
+
+def submit(spec: JobSpec | str | Path, home: Path | None = None) -> str:
+    """Validate the spec, create the job folder and queue it; returns the job id.
+
+    An invalid spec raises ValueError naming the field before anything is created. If the queue
+    cannot be reached, the new job folder is removed again and the error is raised.
+    """
+    home = home or studio_home()
+    job_spec = _as_spec(spec)
+    store = job_store(home)
+    job_id = store.create(job_spec)
+    try:
+        _, task = open_queue(home)
+        enqueue(task, job_id)
+    except Exception:
+        shutil.rmtree(store.job_dir(job_id), ignore_errors=True)
+        raise
+    return job_id
+
+
+def run_in_process(spec: JobSpec | str | Path, home: Path | None = None, device: str | None = None) -> tuple[str, str]:
+    """Run a spec in this process, without the queue; returns (job id, final status).
+
+    The job gets a folder like a queued one (state, log, stage outputs), so `jobs` and `job ID`
+    show it. If this process dies mid-run, the next worker that starts resumes the job.
+    """
+    from studio.jobs.stages import StageRunner
+
+    home = home or studio_home()
+    job_spec = _as_spec(spec)
+    store = job_store(home)
+    job_id = store.create(job_spec)
+    store.claim(job_id, this_worker())
+    handler = logging.FileHandler(store.log_path(job_id), encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    console = logging.StreamHandler(sys.stderr)
+    console.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("studio.jobs")
+    previous = logger.level, logger.propagate
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # libraries may have put handlers on the root logger
+    logger.addHandler(handler)
+    logger.addHandler(console)
+    try:
+        status = StageRunner(store, job_id, home, device=device).run()
+    finally:
+        logger.removeHandler(handler)
+        logger.removeHandler(console)
+        logger.setLevel(previous[0])
+        logger.propagate = previous[1]
+        handler.close()
+    return job_id, status
+
+
+def cancel(job_id: str, home: Path | None = None) -> dict:
+    """Cancel a job: a queued one never starts, a running one stops at its next layer boundary."""
+    return job_store(home).request_cancel(job_id)

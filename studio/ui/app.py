@@ -1,0 +1,71 @@
+"""The Gradio Blocks app: shared state, then one tab per module of `TABS`.
+
+To add a tab, write `studio/ui/<name>_tab.py` with `create_ui(ctx, shared)` and add it to `TABS`
+(the chat tab: append `("Chat", "studio.ui.chat_tab")`). A tab that must wire events across
+tabs after all are built returns what it needs from `create_ui` (see the page-load wiring below).
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import gradio as gr
+
+from studio.ui.context import DEMO_MODEL, Shared, StudioContext
+
+# (tab label, module); each module has create_ui(ctx, shared).
+TABS = (
+    ("Model & data", "studio.ui.model_tab"),
+    ("Pruning plan", "studio.ui.plan_tab"),
+    ("Jobs", "studio.ui.jobs_tab"),
+    ("Analysis", "studio.ui.analysis_tab"),
+)
+BROWSER_STORAGE_KEY = "gemma-lite-studio-jobs"
+
+CSS = """
+.job-list { display: flex; flex-direction: column; gap: 6px; }
+.job-row { border: 1px solid var(--border-color-primary); border-radius: 6px; padding: 6px 10px; }
+.job-row.selected { border-color: var(--color-accent); box-shadow: 0 0 0 1px var(--color-accent); }
+.job-head { display: flex; gap: 8px; align-items: center; }
+.job-status { color: white; border-radius: 4px; padding: 0 6px; font-size: 0.85em; }
+.job-stage { font-size: 0.9em; opacity: 0.85; margin: 2px 0; }
+.job-row progress { width: 100%; height: 10px; }
+.job-error { color: #e63946; font-size: 0.9em; }
+"""
+
+
+def build_app(ctx: StudioContext) -> gr.Blocks:
+    with gr.Blocks(title="Gemma Lite Studio") as page:
+        gr.Markdown(
+            "# Gemma Lite Studio\nFLAP structured pruning of Gemma 4's FFNs with bias compensation, "
+            "then GPTQ W4A16: plan per layer, run as a job, analyse."
+        )
+        shared = Shared(
+            model_state=gr.State(None),
+            plan_state=gr.State(None),
+            browser_jobs=gr.BrowserState({"jobs": [], "selected": None}, storage_key=BROWSER_STORAGE_KEY, secret=ctx.ui_secret()),
+        )
+        returned = {}
+        with gr.Tabs():
+            for label, module_name in TABS:
+                with gr.Tab(label, id=module_name.rsplit(".", 1)[-1]):
+                    returned[module_name] = importlib.import_module(module_name).create_ui(ctx, shared)
+        choice, _summary = returned["studio.ui.model_tab"]
+        # On page load: the default model (which fills in the plan) and the job list.
+        from studio.ui.model_tab import load_model
+
+        page.load(lambda: load_model(DEMO_MODEL, ctx), None, [shared.model_state, _summary], api_visibility="private")
+        _timer, refresh_inputs, refresh_outputs, refresh = returned["studio.ui.jobs_tab"]
+        page.load(refresh, refresh_inputs, refresh_outputs, api_visibility="private")
+        refresh_choices, job_a, job_b = returned["studio.ui.analysis_tab"]
+        page.load(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
+    return page
+
+
+def launch(ctx: StudioContext, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+    page = build_app(ctx)
+    page.queue(default_concurrency_limit=4)
+    return page.launch(
+        server_name=host, server_port=port, allowed_paths=[str(Path(ctx.home))], css=CSS, show_error=True, **kwargs
+    )

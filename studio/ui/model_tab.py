@@ -1,0 +1,138 @@
+"""Model & data tab: which model to compress, the calibration data, and the model's structure."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from pathlib import Path
+
+import gradio as gr
+
+from studio.jobs.spec import HUB_ID
+from studio.model_summary import load_full_config, parameter_shapes, structure_summary
+from studio.modeling import load_text_config
+from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, Shared, StudioContext
+
+
+def hub_config_folder(repo_id: str) -> Path:
+    """The folder holding a hub model's config.json (downloaded, or from the local hub cache)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(repo_id, "config.json")).parent
+    except Exception as err:  # noqa: BLE001 - offline, unknown repo, gated: all mean "not available"
+        raise ValueError(f"model: cannot get config.json of {repo_id!r} from the hub or its cache ({type(err).__name__})") from err
+
+
+def open_model(source: str, ctx: StudioContext) -> dict:
+    """The model state for a choice or a local folder; config only, no weights are read."""
+    source = (source or "").strip() or DEMO_MODEL
+    if source == DEMO_MODEL:
+        config_path, checkpoint, label = ctx.demo_dir, ctx.demo_dir, f"demo model ({ctx.demo_dir})"
+    elif source == E4B_CONFIG_ONLY:
+        config_path, checkpoint, label = ctx.reference_config, None, E4B_CONFIG_ONLY
+    elif Path(source).expanduser().is_dir():
+        path = Path(source).expanduser().resolve()
+        if not (path / "config.json").is_file():
+            raise ValueError(f"model: {path} is not a checkpoint folder (no config.json)")
+        config_path, checkpoint, label = path, path, str(path)
+    elif HUB_ID.match(source):
+        # Only config.json is fetched (or read from the local hub cache); jobs download the weights.
+        config_path, checkpoint, label = hub_config_folder(source), source, f"{source} (hub)"
+    else:
+        raise ValueError(f"model: {source!r} is neither a checkpoint folder nor a hub id like 'owner/name'")
+    load_full_config(config_path)  # fails early with a clear message
+    shapes = parameter_shapes(config_path)
+    return {
+        "source": source,
+        "label": label,
+        "config_path": str(config_path),
+        "checkpoint": str(checkpoint) if checkpoint else None,
+        "shapes": {name: list(shape) for name, shape in shapes.items()},
+    }
+
+
+def text_config_of_state(model_state: dict):
+    return load_text_config(model_state["config_path"])
+
+
+def shapes_of_state(model_state: dict) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(shape) for name, shape in model_state["shapes"].items()}
+
+
+def summary_markdown(model_state: dict) -> str:
+    text_config = text_config_of_state(model_state)
+    s = structure_summary(text_config, shapes_of_state(model_state))
+    widths = s["ffn_widths"]
+    distinct = sorted(set(widths))
+    shared = s["kv_shared_layers"]
+    tail = f"layers {shared[0]}-{shared[-1]} ({len(shared)})" if shared else "none"
+    runnable = "yes" if model_state["checkpoint"] else "no: config only (plan and estimate; jobs need weights)"
+    lines = [
+        f"**{model_state['label']}**",
+        "",
+        "| structure | |",
+        "|---|---|",
+        f"| decoder layers | {s['layers']} (hidden size {s['hidden_size']}) |",
+        f"| attention | {s['attention']['sliding']} sliding, {s['attention']['full']} full "
+        f"(full at {', '.join(map(str, s['full_attention_layers']))}) |",
+        f"| KV-shared tail | {tail} |",
+        f"| FFN widths | {', '.join(map(str, distinct))} ({sum(widths):,} channels in all) |",
+        f"| parameters | {s['total_params']:,} |",
+        f"| runnable as a job | {runnable} |",
+        "",
+        "| component | parameters | share |",
+        "|---|---:|---:|",
+    ]
+    for component, count in s["params_by_component"].items():
+        lines.append(f"| {component} | {count:,} | {count / s['total_params']:.1%} |")
+    return "\n".join(lines)
+
+
+def load_model(source: str, ctx: StudioContext):
+    try:
+        state = open_model(source, ctx)
+    except (ValueError, FileNotFoundError) as err:
+        raise gr.Error(str(err)) from err
+    return state, summary_markdown(state)
+
+
+def create_ui(ctx: StudioContext, shared: Shared):
+    """Build the tab; returns (model choice, summary) for the page-load wiring in studio.ui.app."""
+    gr.Markdown(
+        "Choose the model to compress. The **demo model** is a small random-weight Gemma 4 with E4B's "
+        "structure (runs anywhere); **E4B (config only)** plans and estimates against the published "
+        "E4B configuration without weights. A local checkpoint folder works too."
+    )
+    with gr.Row():
+        with gr.Column(scale=2):
+            choice = gr.Dropdown(
+                ctx.model_choices(),
+                value=DEMO_MODEL,
+                label="Model",
+                allow_custom_value=True,
+                info="a choice, or type a local checkpoint folder",
+                elem_id="model-source",
+            )
+            with gr.Row():
+                load_button = gr.Button("Load model", variant="primary", elem_id="load-model")
+                demo_button = gr.Button("Use the demo model", elem_id="use-demo")
+            gr.Markdown("### Calibration data")
+            source = gr.Textbox(
+                str(ctx.calibration_text),
+                label="Calibration text",
+                info="a text file, or hf:DATASET/CONFIG/SPLIT (needs hub access)",
+            )
+            with gr.Row():
+                samples = gr.Number(8, label="samples", precision=0, minimum=1)
+                seqlen = gr.Number(128, label="sequence length", precision=0, minimum=8)
+                seed = gr.Number(0, label="seed", precision=0, minimum=0)
+        with gr.Column(scale=3):
+            summary = gr.Markdown(elem_id="model-summary")
+    shared.calibration.update(source=source, samples=samples, seqlen=seqlen, seed=seed)
+
+    load_button.click(partial(load_model, ctx=ctx), choice, [shared.model_state, summary], api_name="load_model")
+    demo_button.click(lambda: DEMO_MODEL, None, choice, api_visibility="private").then(
+        partial(load_model, ctx=ctx), choice, [shared.model_state, summary], api_visibility="private"
+    )
+    return choice, summary

@@ -1,0 +1,85 @@
+"""The same flow on a Redis queue: a real redis-server on loopback, started for this module."""
+
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from studio.jobs.client import cancel, run_in_process, submit
+from studio.jobs.queue import open_queue
+from studio.jobs.spec import parse_spec
+from studio.jobs.stages import stage_dir
+from studio.jobs.store import JobStore
+from studio.jobs.worker import start_embedded_worker
+from studio.paths import jobs_dir
+
+from .conftest import assert_same_tensors, read_state, small_spec, studio_env, wait_for, wait_for_status
+
+REDIS_SERVER = shutil.which("redis-server")
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory):
+    import redis
+
+    port = _free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(30)
+
+
+def test_submit_cancel_and_run_through_redis(tmp_path_factory, studio_home, monkeypatch, demo_model_dir, redis_url):
+    spec = parse_spec(small_spec(demo_model_dir))
+    reference_home = tmp_path_factory.mktemp("reference")
+    reference_id, status = run_in_process(spec, home=reference_home, device="cpu")
+    assert status == "done"
+    reference = stage_dir(JobStore(jobs_dir(reference_home)).job_dir(reference_id), "prune") / "model"
+
+    monkeypatch.setenv("STUDIO_REDIS_URL", redis_url)
+    runs = submit(spec, home=studio_home)
+    cancelled = submit(spec, home=studio_home)
+    huey, _ = open_queue(studio_home)
+    assert type(huey).__name__ == "PriorityRedisHuey"
+    assert huey.pending_count() == 2
+    assert not (studio_home / "queue.sqlite3").exists()  # nothing went to the SQLite queue
+    assert cancel(cancelled, home=studio_home)["status"] == "cancelled"
+
+    worker = start_embedded_worker(studio_home, env=studio_env(studio_home, STUDIO_REDIS_URL=redis_url))
+    try:
+        final = wait_for_status(studio_home, runs)
+        wait_for(lambda: huey.pending_count() == 0, "the Redis queue to drain")
+    finally:
+        worker.stop()
+    assert final["status"] == "done", final["error"]
+    job_dir = JobStore(jobs_dir(studio_home)).job_dir(runs)
+    assert assert_same_tensors(stage_dir(job_dir, "prune") / "model", reference) > 0
+    skipped = read_state(studio_home, cancelled)
+    assert skipped["status"] == "cancelled" and skipped["attempts"] == 0 and skipped["started_at"] is None

@@ -1,0 +1,81 @@
+"""The bench-model trainer: deterministic weights, a cache keyed by the recipe."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+from safetensors.torch import load_file
+
+from studio import bench_model
+from studio.bench_model import BenchRecipe, ensure_bench_model, recipe_hash, train_bench_model
+from tests.conftest import CALIBRATION_TEXT
+
+TINY = BenchRecipe(num_layers=2, hidden_size=128, intermediate_size=128, vocab_size=512, seqlen=32,
+                   batch_size=2, steps=10, warmup_steps=2, threads=1)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """The first 40 kB of the validation text: enough for a 512-token BPE, quick to train on."""
+    path = tmp_path_factory.mktemp("corpus") / "valid-head.txt"
+    path.write_text(CALIBRATION_TEXT.read_text(encoding="utf-8")[:40_000], encoding="utf-8")
+    return path
+
+
+def _weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def test_same_recipe_gives_identical_weights_and_another_seed_does_not(corpus, tmp_path):
+    first = _weights(train_bench_model(tmp_path / "a", TINY, corpus, log=None))
+    second = _weights(train_bench_model(tmp_path / "b", TINY, corpus, log=None))
+    reseeded = _weights(train_bench_model(tmp_path / "c", replace(TINY, seed=1), corpus, log=None))
+
+    assert first.keys() == second.keys()
+    assert all(first[name].equal(second[name]) for name in first)
+    name = "model.language_model.layers.0.mlp.down_proj.weight"
+    assert not first[name].equal(reseeded[name])
+
+
+def test_saved_folder_records_the_recipe_and_loads(corpus, tmp_path):
+    from transformers import AutoTokenizer
+
+    from studio.modeling import load_model
+
+    out = train_bench_model(tmp_path / "m", TINY, corpus, log=None)
+    info = json.loads((out / "bench_model.json").read_text())
+    assert info["recipe"]["steps"] == 10
+    assert info["recipe_hash"] == recipe_hash(TINY, corpus)
+    model = load_model(out)
+    assert model.config.text_config.intermediate_size == 128
+    assert len(AutoTokenizer.from_pretrained(out)) == 512
+
+
+def test_recipe_hash_changes_with_recipe_and_corpus(corpus, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text(corpus.read_text(encoding="utf-8") + " more", encoding="utf-8")
+    hashes = {recipe_hash(TINY, corpus), recipe_hash(replace(TINY, steps=11), corpus), recipe_hash(TINY, other)}
+    assert len(hashes) == 3
+
+
+def test_cached_model_is_reused(corpus, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUDIO_HOME", str(tmp_path / "home"))
+    first = ensure_bench_model(TINY, corpus, log=None)
+    assert first == tmp_path / "home" / f"bench-model-{recipe_hash(TINY, corpus)}"
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the cached bench model was trained again")
+
+    monkeypatch.setattr(bench_model, "train_bench_model", fail)
+    assert ensure_bench_model(TINY, corpus, log=None) == first
+
+
+def test_bad_recipe_is_rejected_naming_the_field(corpus, tmp_path):
+    with pytest.raises(ValueError, match="intermediate_size: must be a multiple of 128"):
+        train_bench_model(tmp_path / "x", replace(TINY, intermediate_size=100), corpus, log=None)
+    with pytest.raises(ValueError, match="hidden_size: must be a multiple of 128"):
+        train_bench_model(tmp_path / "x", replace(TINY, hidden_size=192), corpus, log=None)
+    with pytest.raises(ValueError, match="warmup_steps"):
+        train_bench_model(tmp_path / "x", replace(TINY, warmup_steps=11), corpus, log=None)
