@@ -12,6 +12,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.paths import exports_dir, jobs_dir
+from studio.safety import MAX_UPLOAD_BYTES
+from studio.ui import access
 from studio.ui.context import DEMO_MODEL, Shared, StudioContext
 
 # (tab label, module); each module has create_ui(ctx, shared).
@@ -37,6 +40,7 @@ CSS = """
 
 def build_app(ctx: StudioContext) -> gr.Blocks:
     with gr.Blocks(title="Gemma Lite Studio") as page:
+        access.login_button()  # on a Space only: submitting and serving need a Hugging Face sign-in
         gr.Markdown(
             "# Gemma Lite Studio\nFLAP structured pruning of Gemma 4's FFNs with bias compensation, "
             "then GPTQ W4A16: plan per layer, run as a job, analyse."
@@ -66,6 +70,14 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
 def launch(ctx: StudioContext, host: str = "127.0.0.1", port: int = 7860, **kwargs):
     page = build_app(ctx)
     page.queue(default_concurrency_limit=4)
+    # Serve job results and exports only: not the rest of the studio home (its UI secret, say).
+    allowed = [str(jobs_dir(Path(ctx.home))), str(exports_dir(Path(ctx.home)))]
     return page.launch(
-        server_name=host, server_port=port, allowed_paths=[str(Path(ctx.home))], css=CSS, show_error=True, **kwargs
+        server_name=host,
+        server_port=port,
+        allowed_paths=allowed,
+        max_file_size=MAX_UPLOAD_BYTES,
+        css=CSS,
+        show_error=True,
+        **kwargs,
     )

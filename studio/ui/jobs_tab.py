@@ -18,6 +18,7 @@ import gradio as gr
 
 from studio.job_results import job_outputs
 from studio.jobs.client import cancel, job_store, submit
+from studio.ui import access
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES
 from studio.jobs.store import FINAL_STATUSES, UnknownJob, describe
@@ -134,14 +135,19 @@ def refresh(browser: dict, selected: str | None, ctx: StudioContext):
     return listing, gr.update(choices=choices, value=selected), log, links
 
 
-def submit_job(output, quantize, evaluate, model_state, plan_state, source, samples, seqlen, seed, ctx):
-    """Validate and queue the current model + plan; returns the job id and a message."""
+def submit_job(output, quantize, evaluate, model_state, plan_state, source, samples, seqlen, seed, ctx, user=None):
+    """Validate and queue the current model + plan; returns the job id and a message.
+
+    `user` (from `access.require_submitter`) is recorded as the job's submitter.
+    """
     calibration = {"source": source, "samples": samples, "seqlen": seqlen, "seed": seed}
     try:
         spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, str(ctx.eval_text)))
         job_id = submit(spec, home=ctx.home)
     except (ValueError, FileNotFoundError) as err:
         raise gr.Error(str(err)) from err
+    if user:
+        access.record_submitter(job_store(ctx.home), job_id, user)
     return job_id, f"Submitted job `{job_id}` ({spec.output})."
 
 
@@ -206,9 +212,11 @@ def create_ui(ctx: StudioContext, shared: Shared):
     cal = shared.calibration
 
     def submit_current_plan(output_name, quantize_after, evaluate_after, model_state, plan_state,
-                            calibration_source, samples, seqlen, seed):
+                            calibration_source, samples, seqlen, seed, profile: gr.OAuthProfile | None = None):
+        # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
+        user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
         return submit_job(output_name, quantize_after, evaluate_after, model_state, plan_state,
-                          calibration_source, samples, seqlen, seed, ctx)
+                          calibration_source, samples, seqlen, seed, ctx, user)
 
     submit_button.click(
         submit_current_plan,

@@ -11,6 +11,8 @@ import gradio as gr
 from studio.jobs.spec import HUB_ID
 from studio.model_summary import load_full_config, parameter_shapes, structure_summary
 from studio.modeling import load_text_config
+from studio.safety import studio_path
+from studio.ui import access
 from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, Shared, StudioContext
 
 
@@ -91,6 +93,9 @@ def summary_markdown(model_state: dict) -> str:
 
 def load_model(source: str, ctx: StudioContext):
     try:
+        if access.on_space() and Path(str(source)).is_absolute():
+            # A hosted studio reads local checkpoints only from its own data folder.
+            studio_path(source, "model", home=Path(ctx.home))
         state = open_model(source, ctx)
     except (ValueError, FileNotFoundError) as err:
         raise gr.Error(str(err)) from err
