@@ -7,7 +7,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from studio.cli.prune import add_calibration_arguments, add_plan_arguments, calibration_spec, resolve_plan_argument
+from studio.cli.prune import (
+    add_calibration_arguments,
+    add_flap_arguments,
+    add_plan_arguments,
+    calibration_spec,
+    resolve_plan_argument,
+)
+from studio.cli.quantize import add_gptq_arguments, quantize_settings
 
 
 def add_parser(subparsers) -> None:
@@ -25,15 +32,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="base checkpoint folder (or Hugging Face model id)")
     add_plan_arguments(parser)
     add_calibration_arguments(parser, samples=256, seqlen=2048)
-    parser.add_argument("--metric", default="wifv", choices=["wifv", "wifn", "ifv"], help="FLAP channel score (default: wifv)")
-    parser.add_argument("--no-bias", action="store_true", help="prune without bias compensation")
-    parser.add_argument("--layerwise", action="store_true", help="FLAP statistics one decoder layer at a time on --device")
+    add_flap_arguments(parser)
     parser.add_argument("--no-quant", action="store_true", help="export the pruned model unquantized (servable by vLLM on CPU)")
-    parser.add_argument("--bits", type=int, default=4, help="GPTQ weight bits: 2, 3, 4 or 8 (default: 4)")
-    parser.add_argument("--group-size", type=int, default=128, help="GPTQ group size, -1 for none (default: 128)")
-    parser.add_argument("--no-sym", action="store_true", help="asymmetric quantization (default: symmetric)")
-    parser.add_argument("--no-desc-act", action="store_true", help="quantize columns in order (default: desc_act)")
-    parser.add_argument("--damp-percent", type=float, default=0.01, help="GPTQ Hessian damping fraction (default: 0.01)")
+    add_gptq_arguments(parser)
     parser.add_argument(
         "--dtype",
         default="bfloat16",
@@ -63,20 +64,6 @@ def _progress(label: str):
     return report
 
 
-def _quantize_settings(args, spec):
-    from studio.quantize import QuantizeSettings
-
-    return QuantizeSettings(
-        bits=args.bits,
-        group_size=args.group_size,
-        sym=not args.no_sym,
-        desc_act=not args.no_desc_act,
-        damp_percent=args.damp_percent,
-        dtype=args.dtype,
-        calibration=spec,
-    )
-
-
 def run(args) -> int:
     from studio.export import export_checkpoint
     from studio.export.shards import parse_size
@@ -86,7 +73,7 @@ def run(args) -> int:
     plan = resolve_plan_argument(args, args.model)
     spec = calibration_spec(args)
     parse_size(args.max_shard_size)
-    quantize_settings = None if args.no_quant else _quantize_settings(args, spec)
+    gptq_settings = None if args.no_quant else quantize_settings(args, spec)
     flap = FlapSettings(metric=args.metric, bias_compensation=not args.no_bias, layerwise=args.layerwise, max_ratio=args.max_layer_ratio)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -98,7 +85,7 @@ def run(args) -> int:
         pruned = work / "pruned"
         summary = prune_checkpoint(args.model, plan, spec, pruned, flap, device=args.device, progress=_progress("statistics"))
         final = pruned
-        if quantize_settings is not None:
+        if gptq_settings is not None:
             from studio.quantize import quantize_checkpoint
 
             _stage(2, stages, "GPTQ quantization")
@@ -107,7 +94,7 @@ def run(args) -> int:
                 pruned,
                 final,
                 calibration_ids(pruned, spec),
-                quantize_settings,
+                gptq_settings,
                 progress=_progress("GPTQ"),
                 device=args.device,
                 max_shard_size=args.max_shard_size,

@@ -36,6 +36,17 @@ def add_plan_arguments(parser) -> None:
     )
 
 
+def add_flap_arguments(parser) -> None:
+    """The FLAP scoring options shared by `prune` and `compress`."""
+    parser.add_argument("--metric", default="wifv", choices=["wifv", "wifn", "ifv"], help="channel score (default: wifv)")
+    parser.add_argument("--no-bias", action="store_true", help="prune without bias compensation")
+    parser.add_argument(
+        "--layerwise",
+        action="store_true",
+        help="keep the model on the CPU and move one decoder layer at a time to --device",
+    )
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "prune",
@@ -47,15 +58,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face model id")
     add_plan_arguments(parser)
     add_calibration_arguments(parser)
-    parser.add_argument("--metric", default="wifv", choices=["wifv", "wifn", "ifv"], help="channel score (default: wifv)")
-    parser.add_argument("--no-bias", action="store_true", help="prune without bias compensation")
+    add_flap_arguments(parser)
     parser.add_argument("--batch-size", type=int, default=1, help="calibration samples per forward (default: 1)")
     parser.add_argument("--device", default=None, help="torch device, e.g. cuda:0 (default: where the model loads)")
-    parser.add_argument(
-        "--layerwise",
-        action="store_true",
-        help="keep the model on the CPU and move one decoder layer at a time to --device",
-    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.set_defaults(func=run)
 

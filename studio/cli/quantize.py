@@ -20,11 +20,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--model", required=True, type=Path, help="checkpoint folder (pruned or stock)")
     add_calibration_arguments(parser, samples=256, seqlen=2048)
-    parser.add_argument("--bits", type=int, default=4, help="weight bits: 2, 3, 4 or 8 (default: 4)")
-    parser.add_argument("--group-size", type=int, default=128, help="quantization group size, -1 for none (default: 128)")
-    parser.add_argument("--no-sym", action="store_true", help="asymmetric quantization (default: symmetric)")
-    parser.add_argument("--no-desc-act", action="store_true", help="quantize columns in order (default: desc_act)")
-    parser.add_argument("--damp-percent", type=float, default=0.01, help="Hessian damping fraction (default: 0.01)")
+    add_gptq_arguments(parser)
     parser.add_argument(
         "--dtype",
         default="bfloat16",
@@ -37,6 +33,30 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
+def add_gptq_arguments(parser) -> None:
+    """The GPTQ options shared by `quantize` and `compress` (the card's settings as defaults)."""
+    parser.add_argument("--bits", type=int, default=4, help="weight bits: 2, 3, 4 or 8 (default: 4)")
+    parser.add_argument("--group-size", type=int, default=128, help="quantization group size, -1 for none (default: 128)")
+    parser.add_argument("--no-sym", action="store_true", help="asymmetric quantization (default: symmetric)")
+    parser.add_argument("--no-desc-act", action="store_true", help="quantize columns in order (default: desc_act)")
+    parser.add_argument("--damp-percent", type=float, default=0.01, help="Hessian damping fraction (default: 0.01)")
+
+
+def quantize_settings(args, calibration):
+    """`QuantizeSettings` from the options of `add_gptq_arguments` and `--dtype`."""
+    from studio.quantize import QuantizeSettings
+
+    return QuantizeSettings(
+        bits=args.bits,
+        group_size=args.group_size,
+        sym=not args.no_sym,
+        desc_act=not args.no_desc_act,
+        damp_percent=args.damp_percent,
+        dtype=args.dtype,
+        calibration=calibration,
+    )
+
+
 def print_progress(done: int, total: int, unit: str) -> None:
     print(f"\r  GPTQ: {done}/{total} {unit}", end="\n" if done == total else "", file=sys.stderr, flush=True)
 
@@ -45,20 +65,12 @@ def run(args) -> int:
     from transformers import AutoTokenizer
 
     from studio.calibration import build_calibration_ids
-    from studio.quantize import QuantizeSettings, quantize_checkpoint
+    from studio.quantize import quantize_checkpoint
 
     if not (args.model / "config.json").is_file():
         raise FileNotFoundError(f"--model: no config.json in {args.model}")
     spec = calibration_spec(args)
-    settings = QuantizeSettings(
-        bits=args.bits,
-        group_size=args.group_size,
-        sym=not args.no_sym,
-        desc_act=not args.no_desc_act,
-        damp_percent=args.damp_percent,
-        dtype=args.dtype,
-        calibration=spec,
-    )
+    settings = quantize_settings(args, spec)
     ids = build_calibration_ids(AutoTokenizer.from_pretrained(args.model), spec)
     result = quantize_checkpoint(
         args.model,

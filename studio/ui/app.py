@@ -1,7 +1,7 @@
 """The Gradio Blocks app: shared state, then one tab per module of `TABS`.
 
 To add a tab, write `studio/ui/<name>_tab.py` with `create_ui(ctx, shared)` and add it to `TABS`
-(the chat tab: append `("Chat", "studio.ui.chat_tab")`). A tab that must wire events across
+A tab that must wire events across
 tabs after all are built returns what it needs from `create_ui` (see the page-load wiring below).
 """
 
@@ -23,6 +23,7 @@ TABS = (
     ("Pruning plan", "studio.ui.plan_tab"),
     ("Jobs", "studio.ui.jobs_tab"),
     ("Analysis", "studio.ui.analysis_tab"),
+    ("Chat", "studio.ui.chat_tab"),
 )
 BROWSER_STORAGE_KEY = "gemma-lite-studio-jobs"
 
