@@ -1,0 +1,41 @@
+"""Gemma Lite Studio: FLAP pruning and GPTQ W4A16 of Gemma 4, exported for vLLM.
+
+The flat API below is what scripts need; names load their module on first use, so importing
+`studio` stays cheap (the CLI and the job queue import it without torch).
+
+    from studio import CalibrationSpec, load_plan, load_text_config, prune_checkpoint
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "build_demo_model": "studio.demo_model",
+    "CalibrationSpec": "studio.calibration",
+    "build_calibration_ids": "studio.calibration",
+    "load_model": "studio.modeling",
+    "load_text_config": "studio.modeling",
+    "PruningPlan": "studio.plan",
+    "load_plan": "studio.plan",
+    "uniform_plan": "studio.plan",
+    "collect_statistics": "studio.flap.stats",
+    "FlapSettings": "studio.flap.pipeline",
+    "prune_checkpoint": "studio.flap.pipeline",
+    "QuantizeSettings": "studio.quantize",
+    "quantize_checkpoint": "studio.quantize",
+    "load_quantized": "studio.quantize",
+    "export_checkpoint": "studio.export",
+    "estimate": "studio.sizes",
+    "measure_checkpoint": "studio.sizes",
+    "evaluate_perplexity": "studio.eval",
+    "Cancelled": "studio.progress",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'studio' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 # Modules under studio/cli/ that define subcommands, in the order `--help` lists them.
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # torchao (a GPTQModel dependency) registers enums that this torch warns about at every import.
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
