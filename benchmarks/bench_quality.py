@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from studio.bench_model import RECIPE_FILE, BenchRecipe, ensure_bench_model  # noqa: E402
 from studio.calibration import CalibrationSpec, build_calibration_ids  # noqa: E402
+from studio.calibration import OFFLINE_EVALUATION_TEXT  # noqa: E402
 from studio.demo_model import DEFAULT_TOKENIZER_CORPUS  # noqa: E402
 from studio.eval import evaluate_perplexity_ids, load_eval_text  # noqa: E402
 from studio.eval.perplexity import tokenize_text  # noqa: E402
@@ -56,7 +57,7 @@ from studio.plan import uniform_plan  # noqa: E402
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 GPTQ_STAGE = "GPTQ W4 (GPTQModel)"
 NOTES_MARKER = "<!-- notes below are written by hand and kept by bench_quality.py -->"
-DEFAULT_TEST_TEXT = ROOT.parent / "shared" / "data" / "wikitext-2-raw-test.txt"
+DEFAULT_TEST_TEXT = OFFLINE_EVALUATION_TEXT
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ def parameter_shapes(config_path: str | Path) -> dict[str, tuple[int, ...]]:
             model = Gemma4ForConditionalGeneration(config)
         else:
             model = Gemma4TextModel(load_text_config(config_path))
+    model.tie_weights()  # see studio.sizes._meta_model: construction may skip it under a concurrent load
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # tied weights once
     for module_name, module in model.named_modules():  # persistent buffers are saved too
         for buffer_name, buffer in module.named_buffers(recurse=False):

@@ -305,7 +305,11 @@ def _meta_model(config, widths: list[int] | None):
     multimodal = getattr(config, "text_config", None) is not None
     config.architectures = ["Gemma4ForConditionalGeneration" if multimodal else "Gemma4ForCausalLM"]
     with torch.device("meta"):
-        return model_class_for(config)(config)
+        model = model_class_for(config)(config)
+    # Tie explicitly: construction skips it while any thread of this process is inside a
+    # transformers load (its no_init_weights switch is process-wide), which would count lm_head twice.
+    model.tie_weights()
+    return model
 
 
 def model_tensor_infos(config, widths: list[int] | None = None, dtype: str = "bfloat16") -> list[TensorInfo]:

@@ -79,3 +79,13 @@ def test_bad_recipe_is_rejected_naming_the_field(corpus, tmp_path):
         train_bench_model(tmp_path / "x", replace(TINY, hidden_size=192), corpus, log=None)
     with pytest.raises(ValueError, match="warmup_steps"):
         train_bench_model(tmp_path / "x", replace(TINY, warmup_steps=11), corpus, log=None)
+
+
+def test_default_recipe_is_valid_and_prunes_to_whole_gptq_groups():
+    recipe = BenchRecipe()
+    recipe.validate()
+    assert recipe.warmup_steps < recipe.steps
+    # The benchmark's 20% and 50% FFN ratios must land on multiples of 128 (GPTQ groups, plan multiple).
+    for ratio in (0.2, 0.5):
+        kept = recipe.intermediate_size * (1 - ratio)
+        assert kept == int(kept) and int(kept) % 128 == 0, (ratio, kept)
