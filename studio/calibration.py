@@ -26,10 +26,10 @@ E4B_TEXT_CONFIG = BUNDLED_DATA / "gemma-4-e4b-text-config.json"
 
 @dataclass(frozen=True)
 class CalibrationSpec:
-    """Where calibration text comes from and how it is cut."""
+    """Where calibration text comes from and how it is cut (defaults: the card's 256 x 2048)."""
 
     source: str = DEFAULT_SOURCE
-    samples: int = 128
+    samples: int = 256
     seqlen: int = 2048
     seed: int = 0
     text_field: str = "text"

@@ -26,7 +26,7 @@ import torch
 
 from studio.atomic import atomic_directory
 from studio.progress import Cancelled
-from studio.calibration import DEFAULT_SOURCE, CalibrationSpec
+from studio.calibration import CalibrationSpec
 from studio.quantize_rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic
 
 GPTQ_BITS = (2, 3, 4, 8)
@@ -43,7 +43,7 @@ ProgressFn = Callable[[int, int, str], None]
 
 
 def _default_calibration() -> CalibrationSpec:
-    return CalibrationSpec(source=DEFAULT_SOURCE, samples=256, seqlen=2048, seed=0)
+    return CalibrationSpec()
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from studio.calibration import CalibrationSpec
 from studio.paths import presets_dir
 
 DTYPES = ("bfloat16", "float16", "float32")
@@ -25,18 +26,9 @@ FLAP_METRICS = ("wifv", "wifn", "ifv")
 GPTQ_BITS = (2, 3, 4, 8)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# The card calibrates on WikiText-2 train and reports perplexity on its test split.
-DEFAULT_CALIBRATION_SOURCE = "hf:wikitext/wikitext-2-raw-v1/train"
+# The card calibrates on WikiText-2 train (CalibrationSpec's default) and we report perplexity on its test split.
 DEFAULT_EVAL_SOURCE = "hf:wikitext/wikitext-2-raw-v1/test"
 TOP_LEVEL_KEYS = ("model", "output", "dtype", "plan", "flap", "calibration", "quantize", "export", "evaluate")
-
-
-@dataclass(frozen=True)
-class CalibrationSettings:
-    source: str = DEFAULT_CALIBRATION_SOURCE
-    samples: int = 256
-    seqlen: int = 2048
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -84,7 +76,7 @@ class JobSpec:
     plan: dict
     dtype: str = "bfloat16"
     flap: FlapSettings = field(default_factory=FlapSettings)
-    calibration: CalibrationSettings = field(default_factory=CalibrationSettings)
+    calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     quantize: GptqSettings | None = field(default_factory=GptqSettings)
     export: bool = True
     evaluate: EvalSettings | None = None
@@ -105,7 +97,7 @@ class JobSpec:
             plan=data["plan"],
             dtype=data["dtype"],
             flap=FlapSettings(**data["flap"]),
-            calibration=CalibrationSettings(**data["calibration"]),
+            calibration=CalibrationSpec(**data["calibration"]),
             quantize=GptqSettings(**quantize) if quantize is not None else None,
             export=data["export"],
             evaluate=EvalSettings(**evaluate) if evaluate is not None else None,
@@ -226,13 +218,13 @@ def _text_source(name: str, value, base: Path) -> str:
     return str(path)
 
 
-def _calibration(section: dict, base: Path) -> CalibrationSettings:
+def _calibration(section: dict, base: Path) -> CalibrationSpec:
     _reject_unknown("calibration.", section, ("source", "samples", "seqlen", "seed"))
-    defaults = CalibrationSettings()
+    defaults = CalibrationSpec()
     seed = section.get("seed", defaults.seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"calibration.seed: must be a non-negative integer, got {seed!r}")
-    return CalibrationSettings(
+    return CalibrationSpec(
         source=_text_source("calibration.source", section.get("source", defaults.source), base),
         samples=_positive_int("calibration.samples", section.get("samples", defaults.samples)),
         seqlen=_positive_int("calibration.seqlen", section.get("seqlen", defaults.seqlen)),

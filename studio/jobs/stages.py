@@ -98,11 +98,9 @@ def flap_pipeline():
 
 def calibrate(ctx: StageContext, out: Path) -> None:
     """Tokenise the calibration text into [samples, seqlen] ids."""
-    calibration = require("studio.calibration")
     from safetensors.torch import save_file
 
-    spec = calibration.CalibrationSpec(**asdict(ctx.spec.calibration))
-    ids = flap_pipeline().calibration_ids(ctx.spec.model, spec)
+    ids = flap_pipeline().calibration_ids(ctx.spec.model, ctx.spec.calibration)
     save_file({"input_ids": ids.contiguous()}, str(out / CALIBRATION_FILE))
     log.info("calibration: %d samples x %d tokens", ids.shape[0], ids.shape[1])
 
