@@ -41,7 +41,7 @@ class ChannelMoments:
         return cls(0, zeros, zeros.clone())
 
     @classmethod
-    def of(cls, activations: torch.Tensor, rows_per_chunk: int = 256) -> ChannelMoments:
+    def of(cls, activations: torch.Tensor, rows_per_chunk: int = 512) -> ChannelMoments:
         """Moments of `activations` ([..., channels]) over all leading dimensions.
 
         Rows are converted to float64 a chunk at a time, so the extra memory stays small next to
@@ -50,10 +50,9 @@ class ChannelMoments:
         rows = activations.reshape(-1, activations.shape[-1])
         moments = cls.empty(rows.shape[-1])
         for chunk in rows.split(rows_per_chunk):
-            x = chunk.to(torch.float64, copy=True)
-            mean = x.mean(dim=0)
-            m2 = x.sub_(mean).pow_(2).sum(dim=0)  # in place: x is already a private float64 copy
-            moments = moments.merge(cls(x.shape[0], mean.cpu(), m2.cpu()))
+            variance, mean = torch.var_mean(chunk.to(torch.float64), dim=0, correction=0)
+            count = chunk.shape[0]
+            moments = moments.merge(cls(count, mean.cpu(), (variance * count).cpu()))
         return moments
 
     def merge(self, other: ChannelMoments) -> ChannelMoments:
