@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psutil
 import pytest
 
 from tests.serve.openai_test_server import OpenAITestServer
@@ -11,3 +12,15 @@ from tests.serve.openai_test_server import OpenAITestServer
 def openai_server():
     with OpenAITestServer() as server:
         yield server
+
+
+def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
+    """Those of `processes` still running (zombies count as gone)."""
+    out = []
+    for proc in processes:
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                out.append(proc)
+        except psutil.NoSuchProcess:
+            pass
+    return out

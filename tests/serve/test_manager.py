@@ -24,6 +24,7 @@ from studio.serve.manager import (
 )
 from studio.serve.memory import GIB, kv_cache_bytes, plan_gpu_shares, read_config, weights_bytes
 from tests.conftest import E4B_CONFIG
+from tests.serve.conftest import alive
 
 FAKE_ENTRYPOINT = "tests.serve.fake_vllm_server"
 
@@ -60,17 +61,6 @@ def pid_running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
-
-
-def alive(processes: list[psutil.Process]) -> list[psutil.Process]:
-    out = []
-    for proc in processes:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 @pytest.fixture

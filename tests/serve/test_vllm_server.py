@@ -13,7 +13,6 @@ import shutil
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from transformers import AutoTokenizer
 
@@ -24,6 +23,7 @@ from studio.serve.chat import GenerationStats, SamplingSettings, TextDelta, user
 from studio.serve.manager import DEFAULT_VLLM_PYTHON, ServerManager, ServerSpec, ServerStartError, server_processes
 from studio.serve.side_by_side import SideBySideChat
 from studio.vllm_plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
+from tests.serve.conftest import alive
 
 VLLM_PYTHON = Path(os.environ.get("STUDIO_VLLM_PYTHON") or DEFAULT_VLLM_PYTHON)
 
@@ -44,17 +44,6 @@ def pruned_export(demo_model_dir, calibration_text, tmp_path_factory) -> Path:
     write_plugin(export)
     (export / CONFIG_FILE).write_text(vllm_config_yaml(max_model_len=512))
     return export
-
-
-def running(processes):
-    out = []
-    for proc in processes:
-        try:
-            if proc.status() != psutil.STATUS_ZOMBIE:
-                out.append(proc)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def test_base_and_pruned_export_side_by_side_on_vllm(demo_model_dir, pruned_export, tmp_path):
@@ -94,7 +83,7 @@ def test_base_and_pruned_export_side_by_side_on_vllm(demo_model_dir, pruned_expo
             assert chat.label(name) == model
 
         manager.shutdown()
-        assert running(processes) == []
+        assert alive(processes) == []
         assert not base.alive and not lite.alive
 
 
