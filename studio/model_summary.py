@@ -74,11 +74,11 @@ def parameter_shapes(config_path: str | Path) -> dict[str, tuple[int, ...]]:
     import torch
     from transformers import AutoConfig, Gemma4ForConditionalGeneration, Gemma4TextModel
 
-    from studio.modeling import MODEL_CONSTRUCTION_LOCK, load_text_config
+    from studio.modeling import load_text_config
 
     data = load_full_config(config_path)
     folder = Path(config_path)
-    with MODEL_CONSTRUCTION_LOCK, torch.device("meta"):
+    with torch.device("meta"):
         if "vision_config" in data and folder.is_dir():
             config = AutoConfig.from_pretrained(folder)
             text = getattr(config, "text_config", config)

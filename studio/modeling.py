@@ -9,18 +9,12 @@ checkpoints: a stock loader then fails on the shapes instead of running with the
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, Gemma4ForCausalLM, Gemma4ForConditionalGeneration
 from transformers.activations import ACT2FN
-
-# transformers' weight-initialisation switches (no_init_weights) are process-wide: a model built
-# in one thread while another thread loads can skip initialisation or weight tying. Every model
-# construction in the studio holds this lock.
-MODEL_CONSTRUCTION_LOCK = threading.RLock()
 
 FLAP_ARCHITECTURES = {
     "Gemma4FlapForConditionalGeneration": "Gemma4ForConditionalGeneration",
@@ -132,8 +126,7 @@ def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32, devic
     """Load a Gemma 4 checkpoint (stock or FLAP-pruned) in eval mode."""
     config = AutoConfig.from_pretrained(path)
     cls = model_class_for(config)
-    with MODEL_CONSTRUCTION_LOCK:
-        model = cls.from_pretrained(path, config=config, dtype=dtype)
+    model = cls.from_pretrained(path, config=config, dtype=dtype)
     if device:
         model.to(device)
     return model.eval()

@@ -458,8 +458,5 @@ def load_quantized(path: str | Path, device: str = "cpu", dtype: torch.dtype | s
         raise ValueError(f"dtype: GPTQ kernels compute in bfloat16 or float16, got {dtype}")
     definition = _loading_definition(AutoConfig.from_pretrained(path))
     backend = BACKEND.TORCH if str(device).startswith("cpu") else BACKEND.AUTO
-    from studio.modeling import MODEL_CONSTRUCTION_LOCK
-
-    with MODEL_CONSTRUCTION_LOCK:
-        wrapper = definition.from_quantized(str(path), device=device, backend=backend, dtype=dtype)
+    wrapper = definition.from_quantized(str(path), device=device, backend=backend, dtype=dtype)
     return wrapper.model.eval()
