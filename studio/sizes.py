@@ -306,9 +306,10 @@ def _meta_model(config, widths: list[int] | None):
     config.architectures = ["Gemma4ForConditionalGeneration" if multimodal else "Gemma4ForCausalLM"]
     with torch.device("meta"):
         model = model_class_for(config)(config)
-    # Tie explicitly: construction skips it while any thread of this process is inside a
-    # transformers load (its no_init_weights switch is process-wide), which would count lm_head twice.
-    model.tie_weights()
+    if getattr(text_config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
+        # Share the tensor explicitly: construction may skip tying while another thread of this
+        # process is inside a transformers load (its init switches are process-wide).
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     return model
 
 
