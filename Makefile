@@ -3,7 +3,6 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-export GPTQMODEL_CPU_WORKERS ?= 2
 
 .PHONY: run test install install-dev system-deps serve-env bench clean
 

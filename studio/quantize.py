@@ -27,6 +27,7 @@ import torch
 from studio.atomic import atomic_directory
 from studio.progress import Cancelled
 from studio.calibration import CalibrationSpec
+from studio.gptqmodel_runtime import import_gptqmodel
 from studio.quantize_rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic
 
 GPTQ_BITS = (2, 3, 4, 8)
@@ -110,8 +111,8 @@ class QuantizeSettings:
 
     def gptqmodel_config(self, device: str):
         """GPTQModel's QuantizeConfig for these settings, quantizing on `device`."""
-        from gptqmodel import QuantizeConfig
-        from gptqmodel.models._const import normalize_device
+        QuantizeConfig = import_gptqmodel().QuantizeConfig
+        normalize_device = import_gptqmodel("gptqmodel.models._const").normalize_device
 
         config = QuantizeConfig(
             bits=self.bits,
@@ -167,9 +168,9 @@ class QuantizeResult:
 
 def _gptq_definition(model):
     """GPTQModel's Gemma 4 definition for the multimodal or the text-only model."""
-    from gptqmodel.models.definitions.gemma4 import Gemma4ForConditionalGenerationGPTQ, Gemma4TextQModel
+    gemma4 = import_gptqmodel("gptqmodel.models.definitions.gemma4")
 
-    return Gemma4ForConditionalGenerationGPTQ if hasattr(model.model, "language_model") else Gemma4TextQModel
+    return gemma4.Gemma4ForConditionalGenerationGPTQ if hasattr(model.model, "language_model") else gemma4.Gemma4TextQModel
 
 
 def _check_calibration_ids(calibration_ids) -> torch.Tensor:
@@ -431,10 +432,10 @@ def _loading_definition(config):
     For loading only: GPTQModel's Gemma 4 input capture calls `super(type(self), self)`, which
     recurses without end in any subclass, so quantization uses the stock definition instead.
     """
-    from gptqmodel.models.definitions.gemma4 import Gemma4ForConditionalGenerationGPTQ, Gemma4TextQModel
+    gemma4 = import_gptqmodel("gptqmodel.models.definitions.gemma4")
 
     multimodal = getattr(config, "text_config", None) is not None
-    base = Gemma4ForConditionalGenerationGPTQ if multimodal else Gemma4TextQModel
+    base = gemma4.Gemma4ForConditionalGenerationGPTQ if multimodal else gemma4.Gemma4TextQModel
     return type(f"Studio{base.__name__}", (base,), {"loader": _StudioModelLoader})
 
 
@@ -444,8 +445,9 @@ def load_quantized(path: str | Path, device: str = "cpu", dtype: torch.dtype | s
     On CPU the packed modules run through GPTQModel's torch kernel, which computes in bfloat16 or
     float16 only. Returns the transformers model (it generates with `.generate`).
     """
-    from gptqmodel import BACKEND
     from transformers import AutoConfig
+
+    BACKEND = import_gptqmodel().BACKEND
 
     path = Path(path)
     if not (path / "quantize_config.json").is_file():

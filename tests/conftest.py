@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from studio.calibration import E4B_TEXT_CONFIG, OFFLINE_CALIBRATION_TEXT, OFFLINE_EVALUATION_TEXT

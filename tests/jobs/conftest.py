@@ -42,7 +42,7 @@ def write_spec(folder: Path, spec: dict, name: str = "spec.yaml") -> Path:
 
 
 def studio_env(home: Path, **extra: str) -> dict:
-    env = {**os.environ, "STUDIO_HOME": str(home), "GPTQMODEL_CPU_WORKERS": "2", "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "STUDIO_HOME": str(home), "HF_HUB_OFFLINE": "1"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env.pop("STUDIO_REDIS_URL", None)
     env.pop("STUDIO_JOBS_FAILPOINT", None)

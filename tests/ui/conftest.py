@@ -44,7 +44,6 @@ def start_studio(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
         **os.environ,
         "STUDIO_HOME": str(home),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-        "GPTQMODEL_CPU_WORKERS": os.environ.get("GPTQMODEL_CPU_WORKERS", "2"),
         "HF_HUB_OFFLINE": "1",
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
