@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -38,6 +39,10 @@ STALE_HEARTBEAT_S = 120.0
 
 class UnknownJob(ValueError):
     pass
+
+
+# What `new_job_id` makes; the queue accepts nothing else as a message.
+JOB_ID_PATTERN = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
 def new_job_id() -> str:
