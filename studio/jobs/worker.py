@@ -108,8 +108,7 @@ class Worker:
             self._append_job_log(job_id, "worker stopped; the job resumes from its unfinished stage on the next worker")
 
     def _append_job_log(self, job_id: str, line: str) -> None:
-        with open(self.store.log_path(job_id), "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {line}\n")
+        self.store.append_log(job_id, "worker", line)
 
 
 def _describe_exit(exitcode: int | None) -> str:
