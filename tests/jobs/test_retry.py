@@ -117,3 +117,15 @@ def test_an_unreachable_queue_leaves_the_job_as_it_was(studio_home, store, demo_
         retry(job_id, home=studio_home)
     assert store.get(job_id) == before
     assert "retry could not queue the job, it stays failed" in store.log_path(job_id).read_text()
+
+    # The page shows the same message: the password is not in it either.
+    from gradio import Error
+
+    from studio.ui.jobs_tab import retry_job
+
+    monkeypatch.setenv("STUDIO_REDIS_URL", "redis://worker:page-secret@127.0.0.1:1/0")
+    with pytest.raises(Error) as shown:
+        retry_job(job_id, types.SimpleNamespace(home=studio_home))
+    assert "STUDIO_REDIS_URL=redis://worker:***@127.0.0.1:1/0" in shown.value.message
+    assert "page-secret" not in shown.value.message and "page-secret" not in store.log_path(job_id).read_text()
+    assert store.get(job_id) == before
