@@ -1,4 +1,4 @@
-"""Job commands: `submit`, `run`, `worker`, `jobs`, `job`, `cancel` (see docs/jobs.md)."""
+"""Job commands: `submit`, `run`, `worker`, `jobs`, `job`, `cancel`, `retry` (see docs/jobs.md)."""
 
 from __future__ import annotations
 
@@ -62,6 +62,16 @@ def add_parser(subparsers) -> None:
     )
     cancel.add_argument("job_id", help="job id")
     cancel.set_defaults(func=run_cancel)
+
+    retry = subparsers.add_parser(
+        "retry",
+        help="queue a failed or cancelled job again",
+        description="Queue a failed or cancelled job again for a worker. It keeps its id, folder "
+        "and log; stages that finished are reused (their fingerprints still match), so it "
+        "resumes at the stage that failed or was cancelled.",
+    )
+    retry.add_argument("job_id", help="job id")
+    retry.set_defaults(func=run_retry)
 
 
 def run_submit(args) -> int:
@@ -127,6 +137,14 @@ def run_cancel(args) -> int:
         print(f"{args.job_id}: cancel requested; the job stops at its next layer boundary")
     else:
         print(f"{args.job_id}: {state['status']}")
+    return 0
+
+
+def run_retry(args) -> int:
+    from studio.jobs.client import retry
+
+    state = retry(args.job_id)
+    print(f"{args.job_id}: {state['status']} again; finished stages are reused")
     return 0
 
 

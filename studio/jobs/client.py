@@ -1,4 +1,4 @@
-"""What submitters (the CLI, the UI) call: submit, run in-process, cancel, list."""
+"""What submitters (the CLI, the UI) call: submit, run in-process, retry, cancel, list."""
 
 from __future__ import annotations
 
@@ -72,6 +72,29 @@ def run_in_process(spec: JobSpec | str | Path, home: Path | None = None, device:
         logger.propagate = previous[1]
         handler.close()
     return job_id, status
+
+
+def retry(job_id: str, home: Path | None = None) -> dict:
+    """Queue a failed or cancelled job again; returns its new state.
+
+    The job keeps its id, folder, log and attempt count. Its finished stages are not run again:
+    the stage runner reuses every stage folder whose fingerprint still matches the spec and code,
+    so the job resumes at the stage that failed (or was cancelled). Other statuses are a
+    ValueError; if the queue cannot be reached, the job is left as it was and the error raised.
+    """
+    home = home or studio_home()
+    store = job_store(home)
+    before = store.requeue(job_id)
+    # Logged before the message goes out, so the log reads in order even if a worker is quick.
+    store.append_log(job_id, "retry", f"queued again (it was {before['status']}); finished stages are reused")
+    try:
+        _, task = open_queue(home)
+        enqueue(task, job_id)
+    except Exception as err:
+        store.restore(job_id, before)
+        store.append_log(job_id, "retry", f"could not queue the job, it stays {before['status']}: {err}")
+        raise
+    return store.get(job_id)
 
 
 def cancel(job_id: str, home: Path | None = None) -> dict:

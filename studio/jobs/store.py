@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import socket
 import time
@@ -32,12 +33,17 @@ from studio.paths import jobs_dir
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 FINAL_STATUSES = ("done", "failed", "cancelled")
+RETRYABLE_STATUSES = ("failed", "cancelled")
 # A running job whose owner has not written a heartbeat for this long is presumed orphaned.
 STALE_HEARTBEAT_S = 120.0
 
 
 class UnknownJob(ValueError):
     pass
+
+
+# What `new_job_id` makes; the queue accepts nothing else as a message.
+JOB_ID_PATTERN = re.compile(r"\d{8}-\d{6}-[0-9a-f]{6}")
 
 
 def new_job_id() -> str:
@@ -125,7 +131,10 @@ class JobStore:
         try:
             return json.loads(path.read_text())
         except FileNotFoundError:
-            raise UnknownJob(f"job: no job {job_id!r} in {self.root}") from None
+            raise self._unknown(job_id) from None
+
+    def _unknown(self, job_id: str) -> UnknownJob:
+        return UnknownJob(f"job: no job {job_id!r} in {self.root}")
 
     def exists(self, job_id: str) -> bool:
         return self._state_path(job_id).is_file()
@@ -142,6 +151,11 @@ class JobStore:
                 states.append(json.loads((entry / "state.json").read_text()))
         return sorted(states, key=lambda s: (s["submitted_at"], s["id"]))
 
+    def append_log(self, job_id: str, source: str, line: str) -> None:
+        """Add one timestamped line to the job's log, saying who wrote it (worker, retry, ...)."""
+        with open(self.log_path(job_id), "a", encoding="utf-8") as handle:
+            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {source} {line}\n")
+
     def log_tail(self, job_id: str, lines: int = 20) -> list[str]:
         path = self.log_path(job_id)
         if not path.is_file():
@@ -153,6 +167,8 @@ class JobStore:
 
     @contextlib.contextmanager
     def _locked(self, job_id: str) -> Iterator[None]:
+        if not self.exists(job_id):  # FileLock would create the folder of an unknown id
+            raise self._unknown(job_id)
         with FileLock(str(self.job_dir(job_id) / ".state.lock")):
             yield
 
@@ -218,6 +234,38 @@ class JobStore:
 
         self.modify(job_id, cancel)
         return self.get(job_id)
+
+    def requeue(self, job_id: str) -> dict:
+        """Make a failed or cancelled job queued again, keeping its folder, finished stages and attempts.
+
+        Returns the state before the change. Any other status is a ValueError naming it: a done
+        job has nothing to redo, a queued or running one is still under way.
+        """
+        before: dict = {}
+
+        def retry(state: dict) -> dict:
+            if state["status"] not in RETRYABLE_STATUSES:
+                raise ValueError(
+                    f"job: {job_id} is {state['status']}; only {' or '.join(RETRYABLE_STATUSES)} jobs can be retried"
+                )
+            before.update(state)
+            return {
+                **state,
+                "status": "queued",
+                "error": None,
+                "cancel_requested": False,
+                "progress": None,
+                "owner": None,
+                "started_at": None,
+                "finished_at": None,
+            }
+
+        self.modify(job_id, retry)
+        return before
+
+    def restore(self, job_id: str, state: dict) -> None:
+        """Put back a state read earlier (undoes `requeue` when the job could not be queued)."""
+        self.modify(job_id, lambda _current: state)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.get(job_id).get("cancel_requested"))

@@ -20,7 +20,7 @@ import threading
 import time
 from pathlib import Path
 
-from studio.jobs.queue import RESUME_PRIORITY, enqueue, open_queue, recover_orphaned_jobs
+from studio.jobs.queue import RESUME_PRIORITY, enqueue, open_queue, queue_location, recover_orphaned_jobs
 from studio.jobs.store import JobStore, this_worker
 from studio.paths import HOME_ENV, jobs_dir, logs_dir, studio_home
 
@@ -51,7 +51,7 @@ class Worker:
         consumer = self.huey.create_consumer(
             workers=1, worker_type="thread", periodic=False, initial_delay=0.1, max_delay=1.0
         )
-        log.info("worker %s:%d serving %s", self.owner["host"], self.owner["pid"], self.home)
+        log.info("worker %s:%d serving %s from %s", self.owner["host"], self.owner["pid"], self.home, queue_location(self.huey))
         consumer.run()
         self._interrupt_running_job()
 
@@ -108,8 +108,7 @@ class Worker:
             self._append_job_log(job_id, "worker stopped; the job resumes from its unfinished stage on the next worker")
 
     def _append_job_log(self, job_id: str, line: str) -> None:
-        with open(self.store.log_path(job_id), "a", encoding="utf-8") as handle:
-            handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} worker {line}\n")
+        self.store.append_log(job_id, "worker", line)
 
 
 def _describe_exit(exitcode: int | None) -> str:

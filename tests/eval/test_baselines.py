@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from studio.eval.baselines import (
-    load_gptq_weights_,
     magnitude_scores,
     random_scores,
     rtn_quantize_model_,
@@ -65,28 +64,3 @@ def test_random_scores_follow_the_seed(model):
     first, again, other = random_scores(model, 0), random_scores(model, 0), random_scores(model, 1)
     assert all(a.equal(b) for a, b in zip(first, again))
     assert not first[0].equal(other[0])
-
-
-class _PackedStub(torch.nn.Module):
-    """Stands in for a GPTQ kernel module: dequantize_weight() gives [in, out]."""
-
-    def __init__(self, weight):
-        super().__init__()
-        self.stored = weight.detach().t().clone()
-
-    def dequantize_weight(self):
-        return self.stored
-
-
-def test_gptq_weights_are_copied_transposed_into_the_float_model(model):
-    quantized = copy.deepcopy(model)
-    for layer in decoder_layers(quantized):
-        layer.self_attn.o_proj = _PackedStub(layer.self_attn.o_proj.weight * 2)  # square in the demo
-        layer.mlp.down_proj = _PackedStub(layer.mlp.down_proj.weight * 3)
-        layer.mlp.gate_proj = _PackedStub(layer.mlp.gate_proj.weight)
-        layer.mlp.up_proj = _PackedStub(layer.mlp.up_proj.weight)
-    target = copy.deepcopy(model)
-    assert load_gptq_weights_(target, quantized) == 4 * len(decoder_layers(model))
-    original, copied = decoder_layers(model)[1], decoder_layers(target)[1]
-    assert copied.self_attn.o_proj.weight.equal(original.self_attn.o_proj.weight * 2)
-    assert copied.mlp.down_proj.weight.equal(original.mlp.down_proj.weight * 3)

@@ -1,9 +1,11 @@
-"""Helpers for the job tests: small specs on the demo model, real worker processes, polling."""
+"""Helpers for the job tests: small specs on the demo model, real worker processes, a Redis server, polling."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -123,3 +125,49 @@ def studio_home(tmp_path, monkeypatch) -> Path:
     monkeypatch.delenv("STUDIO_REDIS_URL", raising=False)
     monkeypatch.delenv("STUDIO_JOBS_FAILPOINT", raising=False)
     return home
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory) -> str:
+    """A real redis-server on loopback for the session (no persistence); fails when none is installed."""
+    import redis
+
+    server_binary = shutil.which("redis-server")
+    if server_binary is None:
+        pytest.fail("redis-server is not installed (make system-deps, or apt-get install redis-server)")
+    port = free_port()
+    folder = tmp_path_factory.mktemp("redis")
+    server = subprocess.Popen(
+        [server_binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"redis-server did not start on port {port}")
+            time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    server.terminate()
+    server.wait(30)
+
+
+@pytest.fixture()
+def redis_url(redis_server) -> str:
+    """The session's Redis, emptied for this test (every test's queue has the same name)."""
+    import redis
+
+    redis.Redis.from_url(redis_server).flushdb()
+    return redis_server

@@ -1,5 +1,6 @@
 """The Huey queue without a worker: order, priorities, recovery of lost messages, errors."""
 
+import re
 import socket
 import time
 
@@ -28,8 +29,9 @@ def test_jobs_wait_in_submission_order_and_resumed_ones_go_first(studio_home, sp
     second = submit(spec, home=studio_home)
     huey, task = open_queue(studio_home)
     assert pending_ids(huey) == [first, second]
-    enqueue(task, "resumed-job", RESUME_PRIORITY)
-    assert pending_ids(huey) == ["resumed-job", first, second]
+    resumed = "20261201-000000-00beef"
+    enqueue(task, resumed, RESUME_PRIORITY)
+    assert pending_ids(huey) == [resumed, first, second]
     assert (studio_home / "queue.sqlite3").is_file()
 
 
@@ -50,13 +52,24 @@ def test_recovery_requeues_jobs_whose_messages_were_lost(studio_home, spec):
     assert recover_orphaned_jobs(huey, task, store) == []  # nothing is queued twice
 
 
-def test_an_unreachable_redis_fails_submit_naming_it_and_creates_no_job(studio_home, monkeypatch, spec):
+def test_an_unreachable_redis_fails_submit_naming_it_without_its_password(studio_home, monkeypatch, spec):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]  # nothing listens here once the socket is closed
-    monkeypatch.setenv("STUDIO_REDIS_URL", f"redis://127.0.0.1:{port}/0")
-    with pytest.raises(ValueError, match=rf"^queue: cannot add job \S+ to the Redis queue at STUDIO_REDIS_URL=redis://127.0.0.1:{port}/0"):
+    monkeypatch.setenv("STUDIO_REDIS_URL", f"redis://worker:s3cret-pw@127.0.0.1:{port}/0")
+    with pytest.raises(ValueError) as caught:
         submit(spec, home=studio_home)
+    assert re.match(rf"queue: cannot add job \S+ to the Redis queue at STUDIO_REDIS_URL=redis://worker:\*\*\*@127.0.0.1:{port}/0: ", str(caught.value))
+    assert "s3cret-pw" not in str(caught.value)
+    assert JobStore(jobs_dir(studio_home)).all_jobs() == []
+
+
+def test_a_malformed_redis_url_is_named_without_its_password(studio_home, monkeypatch, spec):
+    monkeypatch.setenv("STUDIO_REDIS_URL", "http://:s3cret-pw@queue.example:6379/0")
+    with pytest.raises(ValueError) as caught:
+        submit(spec, home=studio_home)
+    assert str(caught.value).startswith("queue: STUDIO_REDIS_URL=http://:***@queue.example:6379/0 is not a Redis URL: ")
+    assert "s3cret-pw" not in str(caught.value)
     assert JobStore(jobs_dir(studio_home)).all_jobs() == []
 
 

@@ -1,11 +1,4 @@
-"""The same flow on a Redis queue: a real redis-server on loopback, started for this module."""
-
-import shutil
-import socket
-import subprocess
-import time
-
-import pytest
+"""The same flow on a Redis queue: a real redis-server on loopback (the `redis_url` fixture)."""
 
 from studio.jobs.client import cancel, run_in_process, submit
 from studio.jobs.queue import open_queue
@@ -16,44 +9,6 @@ from studio.jobs.worker import start_embedded_worker
 from studio.paths import jobs_dir
 
 from .conftest import assert_same_tensors, read_state, small_spec, studio_env, wait_for, wait_for_status
-
-REDIS_SERVER = shutil.which("redis-server")
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None, reason="redis-server is not installed (apt-get install redis-server)"
-)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory):
-    import redis
-
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("redis")
-    server = subprocess.Popen(
-        [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"redis-server did not start on port {port}")
-            time.sleep(0.1)
-    yield f"redis://127.0.0.1:{port}/0"
-    server.terminate()
-    server.wait(30)
 
 
 def test_submit_cancel_and_run_through_redis(tmp_path_factory, studio_home, monkeypatch, demo_model_dir, redis_url):

@@ -54,7 +54,7 @@ def test_size_estimate_of_the_card_plan(e4b):
 
 
 def test_estimate_agrees_with_studio_sizes(e4b):
-    sizes = pytest.importorskip("studio.sizes")
+    from studio import sizes
     from studio.quantize import QuantizeSettings
 
     config, shapes, plan = e4b
