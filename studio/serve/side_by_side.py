@@ -4,8 +4,8 @@
 yields `PaneUpdate`s as either pane produces text, so a UI can render both replies streaming at the
 same time. Each pane keeps its own history (its model's replies, not the other's). Stop, regenerate
 and clear act on the running or last turn. In blind mode the two backends are assigned to A and B at
-random and shown as "Model A"/"Model B" until the user votes; votes are appended to
-`votes.jsonl` in a given folder. `transcript()` gives both conversations as one JSON-ready dict.
+random and shown as "Model A"/"Model B", their statistics withheld, until the user votes; votes are
+appended to `votes.jsonl` in a given folder. `transcript()` gives both conversations as one JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ class Reply:
         elif isinstance(event, ChatError):
             self.error, self.done = event.message, True
 
-    def to_dict(self) -> dict:
-        return {"text": self.text, "stats": self.stats.to_dict() if self.stats else None, "error": self.error}
+    def to_dict(self, with_stats: bool = True) -> dict:
+        stats = self.stats.to_dict() if self.stats and with_stats else None
+        return {"text": self.text, "stats": stats, "error": self.error}
 
 
 @dataclass
@@ -312,7 +313,8 @@ class SideBySideChat:
     # --- transcripts ---------------------------------------------------------------------------
 
     def transcript(self) -> dict:
-        """Both conversations as a JSON-ready dict; model names stay hidden while blind."""
+        """Both conversations as a JSON-ready dict; model names and reply statistics stay hidden
+        while blind and not voted on."""
         with self._reply_lock:  # a consistent snapshot, also while a turn streams
             return self._transcript()
 
@@ -327,7 +329,8 @@ class SideBySideChat:
                     "model": self.label(name),
                     "settings": pane.settings.to_dict(),
                     "messages": list(pane.messages),
-                    "replies": [reply.to_dict() for reply in pane.replies],
+                    # Speeds and token counts would give a blind pane's model away before the vote.
+                    "replies": [reply.to_dict(with_stats=self.revealed) for reply in pane.replies],
                 }
                 for name, pane in self.panes.items()
             },
