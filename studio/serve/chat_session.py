@@ -127,7 +127,11 @@ def reply_content(reply: Reply) -> str:
     if reply.error is not None:
         prefix = f"{reply.text}\n\n" if reply.text else ""
         return f"{prefix}⚠️ **Error:** {reply.error}"
-    return reply.text or ("…" if not reply.done else "(empty reply)")
+    if reply.text:
+        return reply.text
+    if not reply.done:
+        return "…"
+    return "(stopped before any text)" if reply.stats and reply.stats.finish_reason == "stopped" else "(empty reply)"
 
 
 def pane_messages(session: ChatSession | None, pane: str) -> list[dict]:

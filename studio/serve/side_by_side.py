@@ -87,10 +87,14 @@ class Pane:
 
 @dataclass(frozen=True)
 class PaneUpdate:
-    """Something new in one pane: the event, and the pane's reply text so far."""
+    """Something new in one pane: the event, and the pane's reply text so far.
 
-    pane: str
-    event: ChatEvent
+    With `tick_s` set on the chat, an update with `pane` and `event` None comes whenever no event
+    came for that long: nothing changed in the replies, but a UI may refresh (e.g. "loading").
+    """
+
+    pane: str | None
+    event: ChatEvent | None
     text: str
 
 
@@ -100,6 +104,7 @@ class SideBySideChat:
     `settings` applies to both panes unless `settings_b` gives pane B its own. With `blind=True`
     the backends are shuffled onto A and B with `rng` (a `random.Random`, for reproducible tests)
     and `label()` hides their names until `vote()`. Votes go to `votes_dir/votes.jsonl`.
+    `tick_s`: see `PaneUpdate`.
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class SideBySideChat:
         blind: bool = False,
         votes_dir: str | Path | None = None,
         rng: random.Random | None = None,
+        tick_s: float | None = None,
     ):
         if blind and votes_dir is None:
             raise ValueError("votes_dir: blind mode needs a folder to save votes in")
@@ -119,6 +125,7 @@ class SideBySideChat:
         self._backends = (backend_a, backend_b)
         self._rng = rng or random.Random()
         self.blind = blind
+        self.tick_s = tick_s
         self.votes_dir = Path(votes_dir) if votes_dir is not None else None
         self.panes = {
             "A": Pane(backend_a, settings),
@@ -261,7 +268,11 @@ class SideBySideChat:
     def _updates(self, pending: int, updates: queue.Queue, stop: threading.Event) -> Iterator[PaneUpdate]:
         try:
             while pending:
-                update = updates.get()
+                try:
+                    update = updates.get(timeout=self.tick_s)
+                except queue.Empty:  # only with tick_s
+                    yield PaneUpdate(None, None, "")
+                    continue
                 if update is None:
                     pending -= 1
                 else:

@@ -28,7 +28,7 @@ import gradio as gr
 from studio.paths import exports_dir
 from studio.safety import studio_path
 from studio.serve.chat import ChatError, SamplingSettings
-from studio.serve.chat_session import ChatSession, format_stats, render  # noqa: F401 - format_stats: the tab's API
+from studio.serve.chat_session import ChatSession, render
 from studio.serve.client import OpenAIBackend
 from studio.serve.manager import DEFAULT_VLLM_PYTHON, ServerManager, ServerSpec, choose_engine, detect_device, is_gptq_checkpoint
 from studio.serve.side_by_side import PANES, SideBySideChat
@@ -42,6 +42,8 @@ ENGINE_URL = "OpenAI-compatible URL"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 # Streaming re-renders both panes; at most this often, so long replies do not flood the browser.
 RENDER_INTERVAL_S = 0.1
+# While no pane sends anything (a model loading), the panes are still re-rendered this often.
+IDLE_RENDER_S = 0.5
 VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
 
@@ -284,7 +286,9 @@ def open_session(pool: BackendPool, session: ChatSession, profile, votes_dir: Pa
                 errors[pane] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
         backends.append(UnavailableBackend(pane_label(source), errors[pane]))
     session.setup_failed = bool(errors)
-    session.chat = SideBySideChat(backends[0], backends[1], blind=blind, votes_dir=votes_dir if blind else None)
+    session.chat = SideBySideChat(
+        backends[0], backends[1], blind=blind, votes_dir=votes_dir if blind else None, tick_s=IDLE_RENDER_S
+    )
 
 
 def sampling_settings(temperature, top_p, max_tokens, seed) -> SamplingSettings:
@@ -403,7 +407,9 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
             raise gr.Error("message: write something or attach an image", title="Invalid input")
         sources = (PaneSource.from_form(engine_a, model_a, url_a, served_a),
                    PaneSource.from_form(engine_b, model_b, url_b, served_b))
-        if session is None or not session.matches(sources, bool(blind)):
+        if session is not None and session.matches(sources, bool(blind)):
+            session.expect_turn()
+        else:
             if session is not None:
                 session.close()
             # The new session reaches the page's state before its panes are set up (which can
@@ -414,7 +420,6 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
                 open_session(pool, session, profile, votes_dir)
             except ValueError as err:
                 raise input_error(err) from err
-        session.expect_turn()
         apply_settings(session, [temperature, top_p, max_tokens, seed, separate_b,
                                  temperature_b, top_p_b, max_tokens_b, seed_b])
         try:
