@@ -9,8 +9,8 @@ can serve the model, the fallback otherwise, e.g. INT4 exports on CPU).
 Models and servers are kept by a `BackendPool` shared by every visitor of the page (one loaded model
 or server per folder), conversations by a `studio.serve.chat_session.ChatSession` per browser
 session (a `gr.State`). The conversation logic itself is `studio.serve.side_by_side.SideBySideChat`
-and what the panes show is `studio.serve.chat_session`'s; this module only wires them. Named API endpoints: chat_send, chat_regenerate, chat_stop, chat_clear, chat_vote,
-chat_export.
+and what the panes show comes from `studio.serve.chat_session`; this module only wires them. Named
+API endpoints: chat_send, chat_regenerate, chat_stop, chat_clear, chat_vote, chat_export.
 """
 
 from __future__ import annotations
@@ -447,7 +447,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
             yield [session, *rendered]
 
     def chat_stop(session) -> str:
-        """Stop both replies that are streaming (or about to start); each pane keeps what it said so far."""
+        """Stop both replies that are streaming or about to start; each pane keeps what it said so far."""
         if session is None:
             return ""
         session.stop()
