@@ -74,11 +74,11 @@ def parameter_shapes(config_path: str | Path) -> dict[str, tuple[int, ...]]:
     import torch
     from transformers import AutoConfig, Gemma4ForConditionalGeneration, Gemma4TextModel
 
-    from studio.modeling import load_text_config
+    from studio.modeling import load_text_config, model_construction
 
     data = load_full_config(config_path)
     folder = Path(config_path)
-    with torch.device("meta"):
+    with model_construction(), torch.device("meta"):
         if "vision_config" in data and folder.is_dir():
             config = AutoConfig.from_pretrained(folder)
             text = getattr(config, "text_config", config)
@@ -88,7 +88,7 @@ def parameter_shapes(config_path: str | Path) -> dict[str, tuple[int, ...]]:
             model = Gemma4ForConditionalGeneration(config)
         else:
             model = Gemma4TextModel(load_text_config(config_path))
-    model.tie_weights()  # see studio.sizes._meta_model: construction may skip it under a concurrent load
+        model.tie_weights()  # under the lock too: a concurrent load's switches would make it a no-op
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}  # tied weights once
     for module_name, module in model.named_modules():  # persistent buffers are saved too
         for buffer_name, buffer in module.named_buffers(recurse=False):

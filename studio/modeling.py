@@ -9,12 +9,70 @@ checkpoints: a stock loader then fails on the shapes instead of running with the
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, Gemma4ForCausalLM, Gemma4ForConditionalGeneration
 from transformers.activations import ACT2FN
+
+# transformers' loading switches (`no_init_weights`, `no_tie_weights`, the patched `torch.nn.init`
+# functions) and GPTQModel's `suspend_hf_weight_init` patch process-wide names. A model built in one
+# thread while another thread loads can skip initialisation or weight tying; two overlapping switches
+# can even restore each other's no-op for good. So every model construction in the studio holds this
+# lock (see `model_construction`). Reentrant: a loader may call another loader.
+_CONSTRUCTION_LOCK = threading.RLock()
+# How often a stoppable wait for the lock looks at its stop condition.
+_STOP_POLL_S = 0.05
+# Set by `stoppable_construction`: the condition that ends waits for the lock in this context.
+_construction_stop: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar(
+    "construction_stop", default=None
+)
+
+
+class ConstructionStopped(Exception):
+    """A wait for the model-construction lock ended because its stop condition came true."""
+
+
+class BrokenModelError(RuntimeError):
+    """A loaded model failed its probe (non-finite logits or untied weights); names the checkpoint."""
+
+
+@contextlib.contextmanager
+def model_construction() -> Iterator[None]:
+    """Hold the process-wide model-construction lock while a model is built or loaded.
+
+    Hold it for construction only (building modules, reading weights), never across a forward pass
+    or generation. Inside `stoppable_construction(should_stop)` the wait gives up with
+    `ConstructionStopped` once `should_stop()` is true, so a stopped chat reply does not wait for
+    another pane's whole load.
+    """
+    should_stop = _construction_stop.get()
+    if should_stop is None:
+        _CONSTRUCTION_LOCK.acquire()
+    else:
+        while not _CONSTRUCTION_LOCK.acquire(timeout=_STOP_POLL_S):
+            if should_stop():
+                raise ConstructionStopped("stopped while waiting for another model to finish loading")
+    try:
+        yield
+    finally:
+        _CONSTRUCTION_LOCK.release()
+
+
+@contextlib.contextmanager
+def stoppable_construction(should_stop: Callable[[], bool]) -> Iterator[None]:
+    """Within this block (this thread or task), waits in `model_construction` end when `should_stop()`."""
+    token = _construction_stop.set(should_stop)
+    try:
+        yield
+    finally:
+        _construction_stop.reset(token)
+
 
 FLAP_ARCHITECTURES = {
     "Gemma4FlapForConditionalGeneration": "Gemma4ForConditionalGeneration",
@@ -123,13 +181,45 @@ def model_class_for(config):
 
 
 def load_model(path: str | Path, dtype: torch.dtype | str = torch.float32, device: str | None = None):
-    """Load a Gemma 4 checkpoint (stock or FLAP-pruned) in eval mode."""
+    """Load a Gemma 4 checkpoint (stock or FLAP-pruned) in eval mode, checked by `probe_loaded_model`."""
     config = AutoConfig.from_pretrained(path)
     cls = model_class_for(config)
-    model = cls.from_pretrained(path, config=config, dtype=dtype)
+    with model_construction():
+        model = cls.from_pretrained(path, config=config, dtype=dtype)
     if device:
         model.to(device)
-    return model.eval()
+    model.eval()
+    probe_loaded_model(model, path)
+    return model
+
+
+# A short prompt for the load probe: ids past the special tokens of Gemma tokenizers and the demo's.
+_PROBE_IDS = (2, 100, 101, 102, 103, 104, 105, 106)
+
+
+def probe_loaded_model(model, checkpoint: str | Path) -> None:
+    """Check a freshly loaded model with one short forward: tied weights share storage, logits are
+    finite. Raises `BrokenModelError` naming `checkpoint` otherwise.
+
+    Catches what a load disturbed by another thread leaves behind (an untied, uninitialised lm_head)
+    and checkpoints holding NaN or inf, before any reply is generated from them.
+    """
+    for target, source in model.get_expanded_tied_weights_keys(all_submodels=True).items():
+        try:
+            tied, origin = model.get_parameter(target), model.get_parameter(source)
+        except AttributeError:  # e.g. a quantized head holds packed buffers, not the tied weight
+            continue
+        if tied.data_ptr() != origin.data_ptr():
+            raise BrokenModelError(
+                f"{checkpoint}: {target} should share its storage with {source} (tied weights) but does not"
+            )
+    vocab_size = int(model.config.get_text_config().vocab_size)
+    ids = torch.tensor([[i % vocab_size for i in _PROBE_IDS]], device=model.get_input_embeddings().weight.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits
+    if not torch.isfinite(logits).all():
+        bad = int((~torch.isfinite(logits)).sum())
+        raise BrokenModelError(f"{checkpoint}: the loaded model gives {bad} non-finite logits on a probe prompt")
 
 
 def mark_pruned(model, widths: list[int]) -> None:

@@ -293,7 +293,7 @@ def _meta_model(config, widths: list[int] | None):
     at FLAP widths `widths` when given."""
     import copy
 
-    from studio.modeling import model_class_for, text_config_of
+    from studio.modeling import model_class_for, model_construction, text_config_of
 
     config = copy.deepcopy(config)
     text_config = text_config_of(config)
@@ -304,11 +304,10 @@ def _meta_model(config, widths: list[int] | None):
         text_config.flap_pruned = False
     multimodal = getattr(config, "text_config", None) is not None
     config.architectures = ["Gemma4ForConditionalGeneration" if multimodal else "Gemma4ForCausalLM"]
-    with torch.device("meta"):
+    with model_construction(), torch.device("meta"):
         model = model_class_for(config)(config)
     if getattr(text_config, "tie_word_embeddings", False) and model.get_output_embeddings() is not None:
-        # Share the tensor explicitly: construction may skip tying while another thread of this
-        # process is inside a transformers load (its init switches are process-wide).
+        # Share the tensor explicitly, so the tied lm_head is counted once whatever tying did.
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     return model
 

@@ -5,6 +5,8 @@
 - `studio.serve.cpu_backend`: `TransformersBackend`, generation with transformers on the CPU
   (imported on its own: it loads torch).
 - `studio.serve.side_by_side`: `SideBySideChat`, panes A and B, blind votes, transcripts.
+- `studio.serve.chat_session`: `ChatSession`, a visitor's conversation as a UI holds it, and what
+  the panes show (headings, messages; statistics hidden while blind).
 - `studio.serve.manager`: `ServerManager`, starting and stopping vLLM servers.
 - `studio.serve.memory`: GPU shares and context lengths that fit.
 """

@@ -5,6 +5,10 @@ and FLAP-pruned checkpoints; an INT4 export passes its own), the prompt from the
 `AutoProcessor` and chat template, images included. `generate` runs in a worker thread and
 `TextIteratorStreamer` hands its text over as it is produced.
 
+Loading is stoppable: a reply stopped while its model waits for another model's construction (the
+studio builds one model at a time, see `studio.modeling.model_construction`) ends at once as
+"stopped" instead of waiting for that load.
+
 Sampling is done by `PrivateRngSampler` with a generator of its own rather than by
 `generate(do_sample=True)`, which draws from torch's process-wide generator: two panes generating at
 once would otherwise consume each other's random numbers and a seed would not reproduce a reply.
@@ -15,6 +19,7 @@ from __future__ import annotations
 import functools
 import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -30,7 +35,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
-from studio.modeling import load_model
+from studio.modeling import ConstructionStopped, load_model, stoppable_construction
 from studio.serve.chat import (
     ChatError,
     ChatEvent,
@@ -74,6 +79,14 @@ class StopWhenSet(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
         stopped = any(event.is_set() for event in self.events)
         return torch.full((input_ids.shape[0],), stopped, dtype=torch.bool, device=input_ids.device)
+
+
+def acquire_unless_stopped(lock: threading.Lock, should_stop: Callable[[], bool], poll_s: float = 0.05) -> bool:
+    """Acquire `lock` and return True, or return False once `should_stop()` is true."""
+    while not lock.acquire(timeout=poll_s):
+        if should_stop():
+            return False
+    return True
 
 
 def to_processor_messages(messages: Sequence[Message]) -> list[Message]:
@@ -127,18 +140,40 @@ class TransformersBackend:
         self._loader = loader or functools.partial(load_model, dtype=dtype)
         self._model = None
         self._processor = None
+        # Seconds the last load took (processor, model, probe forward); None until loaded.
+        self.load_seconds: float | None = None
         self._load_lock = threading.Lock()
         self._generate_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"TransformersBackend({str(self.model_dir)!r})"
 
-    def load(self) -> None:
-        """Load the model and its processor now instead of at the first reply."""
-        with self._load_lock:
+    @property
+    def loading(self) -> bool:
+        """Whether a reply is waiting for the model to load."""
+        return self._model is None and self._load_lock.locked()
+
+    def load(self, stop: threading.Event | None = None) -> None:
+        """Load the model and its processor now instead of at the first reply.
+
+        With `stop`, waiting (for another reply's load of this backend, or for another model's
+        construction) ends with `ConstructionStopped` once `stop` is set; the model stays unloaded.
+        """
+        if self._model is not None:
+            return
+        should_stop = stop.is_set if stop is not None else (lambda: False)
+        if not acquire_unless_stopped(self._load_lock, should_stop):
+            raise ConstructionStopped("stopped while another reply loads this model")
+        try:
             if self._model is None:
-                self._processor = AutoProcessor.from_pretrained(self.model_dir)
-                self._model = self._loader(self.model_dir)
+                started = time.perf_counter()
+                processor = AutoProcessor.from_pretrained(self.model_dir)
+                with stoppable_construction(should_stop):
+                    model = self._loader(self.model_dir)
+                self._processor, self._model = processor, model
+                self.load_seconds = time.perf_counter() - started
+        finally:
+            self._load_lock.release()
 
     @property
     def tokenizer(self):
@@ -147,20 +182,31 @@ class TransformersBackend:
     def stream_chat(
         self, messages: Sequence[Message], settings: SamplingSettings, stop: threading.Event | None = None
     ) -> Iterator[ChatEvent]:
+        stop = stop or threading.Event()
         try:
-            self.load()
+            self.load(stop)
+        except ConstructionStopped:
+            yield StatsClock().finish(prompt_tokens=None, output_tokens=0, finish_reason="stopped")
+            return
         except Exception as err:  # noqa: BLE001 - every failure reaches the pane as text
             yield ChatError(f"cannot load the model from {self.model_dir}: {type(err).__name__}: {err}")
             return
         clock = StatsClock()  # after loading: the first reply's statistics leave the load time out
+        if stop.is_set():  # stopped during the load: no reply
+            yield clock.finish(prompt_tokens=None, output_tokens=0, finish_reason="stopped")
+            return
         try:
             inputs = self._prompt_inputs(messages)
         except Exception as err:  # noqa: BLE001
             yield ChatError(f"cannot build the prompt: {err}")
             return
-        stop = stop or threading.Event()
-        with self._generate_lock:
+        if not acquire_unless_stopped(self._generate_lock, stop.is_set):  # another session's reply runs
+            yield clock.finish(prompt_tokens=int(inputs["input_ids"].shape[1]), output_tokens=0, finish_reason="stopped")
+            return
+        try:
             yield from self._generate(inputs, settings, stop, clock)
+        finally:
+            self._generate_lock.release()
 
     def _prompt_inputs(self, messages: Sequence[Message]) -> dict:
         if has_images(messages) and not hasattr(self._processor, "image_processor"):

@@ -4,8 +4,8 @@
 yields `PaneUpdate`s as either pane produces text, so a UI can render both replies streaming at the
 same time. Each pane keeps its own history (its model's replies, not the other's). Stop, regenerate
 and clear act on the running or last turn. In blind mode the two backends are assigned to A and B at
-random and shown as "Model A"/"Model B" until the user votes; votes are appended to
-`votes.jsonl` in a given folder. `transcript()` gives both conversations as one JSON-ready dict.
+random and shown as "Model A"/"Model B", their statistics withheld, until the user votes; votes are
+appended to `votes.jsonl` in a given folder. `transcript()` gives both conversations as one JSON-ready dict.
 """
 
 from __future__ import annotations
@@ -60,8 +60,9 @@ class Reply:
         elif isinstance(event, ChatError):
             self.error, self.done = event.message, True
 
-    def to_dict(self) -> dict:
-        return {"text": self.text, "stats": self.stats.to_dict() if self.stats else None, "error": self.error}
+    def to_dict(self, with_stats: bool = True) -> dict:
+        stats = self.stats.to_dict() if self.stats and with_stats else None
+        return {"text": self.text, "stats": stats, "error": self.error}
 
 
 @dataclass
@@ -86,10 +87,14 @@ class Pane:
 
 @dataclass(frozen=True)
 class PaneUpdate:
-    """Something new in one pane: the event, and the pane's reply text so far."""
+    """Something new in one pane: the event, and the pane's reply text so far.
 
-    pane: str
-    event: ChatEvent
+    With `tick_s` set on the chat, an update with `pane` and `event` None comes whenever no event
+    came for that long: nothing changed in the replies, but a UI may refresh (e.g. "loading").
+    """
+
+    pane: str | None
+    event: ChatEvent | None
     text: str
 
 
@@ -99,6 +104,7 @@ class SideBySideChat:
     `settings` applies to both panes unless `settings_b` gives pane B its own. With `blind=True`
     the backends are shuffled onto A and B with `rng` (a `random.Random`, for reproducible tests)
     and `label()` hides their names until `vote()`. Votes go to `votes_dir/votes.jsonl`.
+    `tick_s`: see `PaneUpdate`.
     """
 
     def __init__(
@@ -111,6 +117,7 @@ class SideBySideChat:
         blind: bool = False,
         votes_dir: str | Path | None = None,
         rng: random.Random | None = None,
+        tick_s: float | None = None,
     ):
         if blind and votes_dir is None:
             raise ValueError("votes_dir: blind mode needs a folder to save votes in")
@@ -118,6 +125,7 @@ class SideBySideChat:
         self._backends = (backend_a, backend_b)
         self._rng = rng or random.Random()
         self.blind = blind
+        self.tick_s = tick_s
         self.votes_dir = Path(votes_dir) if votes_dir is not None else None
         self.panes = {
             "A": Pane(backend_a, settings),
@@ -260,7 +268,11 @@ class SideBySideChat:
     def _updates(self, pending: int, updates: queue.Queue, stop: threading.Event) -> Iterator[PaneUpdate]:
         try:
             while pending:
-                update = updates.get()
+                try:
+                    update = updates.get(timeout=self.tick_s)
+                except queue.Empty:  # only with tick_s
+                    yield PaneUpdate(None, None, "")
+                    continue
                 if update is None:
                     pending -= 1
                 else:
@@ -312,7 +324,8 @@ class SideBySideChat:
     # --- transcripts ---------------------------------------------------------------------------
 
     def transcript(self) -> dict:
-        """Both conversations as a JSON-ready dict; model names stay hidden while blind."""
+        """Both conversations as a JSON-ready dict; model names and reply statistics stay hidden
+        while blind and not voted on."""
         with self._reply_lock:  # a consistent snapshot, also while a turn streams
             return self._transcript()
 
@@ -327,7 +340,8 @@ class SideBySideChat:
                     "model": self.label(name),
                     "settings": pane.settings.to_dict(),
                     "messages": list(pane.messages),
-                    "replies": [reply.to_dict() for reply in pane.replies],
+                    # Speeds and token counts would give a blind pane's model away before the vote.
+                    "replies": [reply.to_dict(with_stats=self.revealed) for reply in pane.replies],
                 }
                 for name, pane in self.panes.items()
             },

@@ -7,10 +7,10 @@ an OpenAI-compatible URL. "auto" lets `studio.serve.manager.choose_engine` decid
 can serve the model, the fallback otherwise, e.g. INT4 exports on CPU).
 
 Models and servers are kept by a `BackendPool` shared by every visitor of the page (one loaded model
-or server per folder), conversations by a `ChatSession` per browser session (a `gr.State`). The
-conversation logic itself is `studio.serve.side_by_side.SideBySideChat`; this module only wires
-and renders it. Named API endpoints: chat_send, chat_regenerate, chat_stop, chat_clear, chat_vote,
-chat_export.
+or server per folder), conversations by a `studio.serve.chat_session.ChatSession` per browser
+session (a `gr.State`). The conversation logic itself is `studio.serve.side_by_side.SideBySideChat`
+and what the panes show comes from `studio.serve.chat_session`; this module only wires them. Named
+API endpoints: chat_send, chat_regenerate, chat_stop, chat_clear, chat_vote, chat_export.
 """
 
 from __future__ import annotations
@@ -20,17 +20,18 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
 
 from studio.paths import exports_dir
 from studio.safety import studio_path
-from studio.serve.chat import ChatError, GenerationStats, SamplingSettings, message_text
+from studio.serve.chat import ChatError, SamplingSettings
+from studio.serve.chat_session import ChatSession, render
 from studio.serve.client import OpenAIBackend
 from studio.serve.manager import DEFAULT_VLLM_PYTHON, ServerManager, ServerSpec, choose_engine, detect_device, is_gptq_checkpoint
-from studio.serve.side_by_side import PANES, Reply, SideBySideChat
+from studio.serve.side_by_side import PANES, SideBySideChat
 from studio.ui import access
 from studio.ui.context import DEMO_MODEL, Shared, StudioContext
 
@@ -41,6 +42,8 @@ ENGINE_URL = "OpenAI-compatible URL"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp")
 # Streaming re-renders both panes; at most this often, so long replies do not flood the browser.
 RENDER_INTERVAL_S = 0.1
+# While no pane sends anything (a model loading), the panes are still re-rendered this often.
+IDLE_RENDER_S = 0.5
 VOTE_LABELS = {"A": "A is better", "B": "B is better", "tie": "Tie", "both_bad": "Both are bad"}
 
 
@@ -91,8 +94,13 @@ def model_choices(ctx: StudioContext, model_state: dict | None) -> list[tuple[st
 
 
 def default_models(ctx: StudioContext, model_state: dict | None) -> tuple[str, str]:
-    """Pane A: the base model (the demo model until one is chosen); pane B: the newest export."""
-    base = base_checkpoint(model_state) or DEMO_MODEL
+    """Pane A: the base model (the demo model until one is chosen); pane B: the newest export.
+
+    Values are choices of `model_choices`, so both dropdowns show a label, never a bare path.
+    """
+    base = base_checkpoint(model_state)
+    if base is None or Path(base).resolve() == Path(ctx.demo_dir).resolve():
+        base = DEMO_MODEL
     exports = export_folders(ctx)
     return base, str(exports[0]) if exports else DEMO_MODEL
 
@@ -234,36 +242,27 @@ class BackendPool:
         return self._manager
 
     def _label(self, model_dir: Path) -> str:
-        return "demo" if model_dir == Path(self.ctx.demo_dir) else model_dir.name
+        return "demo" if model_dir.resolve() == Path(self.ctx.demo_dir).resolve() else model_dir.name
 
 
 # --- one browser session's conversation -------------------------------------------------------
 
 
-@dataclass
-class ChatSession:
-    """A visitor's side-by-side conversation and the uploads shown in it."""
-
-    sources: tuple[PaneSource, PaneSource]
-    blind: bool
-    chat: SideBySideChat
-    setup_failed: bool = False
-    # Image files uploaded with each user turn, shown in the chatbots (the chat holds data URLs).
-    images: list[list[str]] = field(default_factory=list)
-
-    def matches(self, sources, blind: bool) -> bool:
-        return not self.setup_failed and self.sources == sources and self.blind == blind
-
-    def close(self) -> None:
-        self.chat.stop()
+def pane_label(source: PaneSource) -> str:
+    """A short name for a pane's choice (a folder's name, not its path)."""
+    if source.engine == ENGINE_URL:
+        return source.url or "URL"
+    return Path(source.model).name if source.model else DEMO_MODEL
 
 
-def open_session(pool: BackendPool, sources: tuple[PaneSource, PaneSource], blind: bool, profile, votes_dir: Path) -> ChatSession:
-    """A new conversation; a pane whose backend cannot be set up shows why in its replies.
+def open_session(pool: BackendPool, session: ChatSession, profile, votes_dir: Path) -> None:
+    """Set up the panes of a new conversation (`session.chat`); a pane whose backend cannot be set
+    up shows why in its replies.
 
     Input errors (a missing folder, an empty URL) and failed server starts stay in their pane;
     a sign-in request (gr.Error) goes to the whole page.
     """
+    sources, blind = session.sources, session.blind
     errors: dict[str, str] = {}
     plans: dict[str, tuple[str, Path | None]] = {}
     for pane, source in zip(PANES, sources):
@@ -285,9 +284,11 @@ def open_session(pool: BackendPool, sources: tuple[PaneSource, PaneSource], blin
                 continue
             except Exception as err:  # noqa: BLE001 - shown in this pane only
                 errors[pane] = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-        backends.append(UnavailableBackend(source.model or source.url or pane, errors[pane]))
-    chat = SideBySideChat(backends[0], backends[1], blind=blind, votes_dir=votes_dir if blind else None)
-    return ChatSession(sources, blind, chat, setup_failed=bool(errors))
+        backends.append(UnavailableBackend(pane_label(source), errors[pane]))
+    session.setup_failed = bool(errors)
+    session.chat = SideBySideChat(
+        backends[0], backends[1], blind=blind, votes_dir=votes_dir if blind else None, tick_s=IDLE_RENDER_S
+    )
 
 
 def sampling_settings(temperature, top_p, max_tokens, seed) -> SamplingSettings:
@@ -297,68 +298,6 @@ def sampling_settings(temperature, top_p, max_tokens, seed) -> SamplingSettings:
 
 
 # --- rendering --------------------------------------------------------------------------------
-
-
-def format_stats(stats: GenerationStats | None) -> str:
-    """One line: time to first token, decode speed, prompt and output tokens, why it ended."""
-    if stats is None:
-        return ""
-
-    def value(number, fmt: str) -> str:
-        return "–" if number is None else format(number, fmt)
-
-    return (
-        f"TTFT {value(stats.ttft_s, '.2f')} s · {value(stats.tokens_per_s, '.1f')} tokens/s · "
-        f"prompt {value(stats.prompt_tokens, 'd')} tokens · output {value(stats.output_tokens, 'd')} tokens · "
-        f"{stats.finish_reason or 'done'}"
-    )
-
-
-def reply_status(reply: Reply | None) -> str:
-    if reply is None:
-        return ""
-    if reply.error is not None:
-        return "**error** (see the reply)"
-    if not reply.done:
-        return "streaming…"
-    return format_stats(reply.stats)
-
-
-def reply_content(reply: Reply) -> str:
-    if reply.error is not None:
-        prefix = f"{reply.text}\n\n" if reply.text else ""
-        return f"{prefix}⚠️ **Error:** {reply.error}"
-    return reply.text or ("…" if not reply.done else "(empty reply)")
-
-
-def pane_messages(session: ChatSession, pane: str) -> list[dict]:
-    """The pane's conversation in the Chatbot's messages format (uploaded images included)."""
-    state = session.chat.panes[pane]
-    rendered = []
-    for turn, (user, reply) in enumerate(zip(state.user_turns, list(state.replies))):
-        for path in session.images[turn] if turn < len(session.images) else ():
-            rendered.append({"role": "user", "content": {"path": path}})
-        if text := message_text(user):
-            rendered.append({"role": "user", "content": text})
-        rendered.append({"role": "assistant", "content": reply_content(reply)})
-    return rendered
-
-
-def pane_heading(session: ChatSession | None, pane: str) -> str:
-    """The line above a pane: which model (hidden while blind) and the last reply's statistics."""
-    if session is None:
-        return f"**{pane}**"
-    chat = session.chat
-    replies = chat.panes[pane].replies
-    status = reply_status(replies[-1] if replies else None)
-    return f"**{pane}: {chat.label(pane)}**" + (f" · {status}" if status else "")
-
-
-def render(session: ChatSession | None) -> list:
-    """Chatbot A, chatbot B, heading A, heading B (model label and statistics)."""
-    if session is None:
-        return [[], [], pane_heading(None, "A"), pane_heading(None, "B")]
-    return [pane_messages(session, p) for p in PANES] + [pane_heading(session, p) for p in PANES]
 
 
 def stream(session: ChatSession, updates: Iterator) -> Iterator[list]:
@@ -405,7 +344,8 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
                     url = gr.Textbox("", label=f"{pane}: server URL", placeholder="http://127.0.0.1:8000/v1", scale=2)
                     served = gr.Textbox("", label=f"{pane}: model (empty: the server's first)", scale=1)
                 stats = gr.Markdown(f"**{pane}**", elem_id=f"chat-stats-{pane.lower()}")
-                chatbot = gr.Chatbot(label=pane, height=420, elem_id=f"chat-pane-{pane.lower()}")
+                # No label badge: it sat over the first message; the heading above names the pane.
+                chatbot = gr.Chatbot(label=pane, show_label=False, height=420, elem_id=f"chat-pane-{pane.lower()}")
                 panes[pane] = dict(engine=engine, model=model, url=url, served=served, chatbot=chatbot, stats=stats)
                 engine.change(lambda e: (gr.update(visible=e == ENGINE_URL), gr.update(visible=e != ENGINE_URL)),
                               engine, [url_row, model], api_visibility="private")
@@ -467,18 +407,23 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
             raise gr.Error("message: write something or attach an image", title="Invalid input")
         sources = (PaneSource.from_form(engine_a, model_a, url_a, served_a),
                    PaneSource.from_form(engine_b, model_b, url_b, served_b))
-        if session is None or not session.matches(sources, bool(blind)):
+        if session is not None and session.matches(sources, bool(blind)):
+            session.expect_turn()
+        else:
             if session is not None:
                 session.close()
-            yield [session, *render(session)[:2], "**A** · preparing…", "**B** · preparing…", gr.update()]
+            # The new session reaches the page's state before its panes are set up (which can
+            # start servers), so a Stop pressed meanwhile reaches this turn, not the old session.
+            session = ChatSession(sources, bool(blind))
+            yield [session, *render(session), gr.update()]
             try:
-                session = open_session(pool, sources, bool(blind), profile, votes_dir)
+                open_session(pool, session, profile, votes_dir)
             except ValueError as err:
                 raise input_error(err) from err
         apply_settings(session, [temperature, top_p, max_tokens, seed, separate_b,
                                  temperature_b, top_p_b, max_tokens_b, seed_b])
         try:
-            updates = session.chat.send(text, images)
+            updates = session.start_turn(lambda chat: chat.send(text, images))
         except ValueError as err:
             raise input_error(err) from err
         session.images.append(images)
@@ -489,34 +434,34 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     def chat_regenerate(temperature, top_p, max_tokens, seed, separate_b, temperature_b, top_p_b,
                         max_tokens_b, seed_b, session):
         """Answer the last message again in both panes (with the current sampling settings)."""
-        if session is None:
+        if session is None or session.chat is None:
             raise gr.Error("regenerate: there is no message to answer again yet", title="Invalid input")
+        session.expect_turn()
         apply_settings(session, [temperature, top_p, max_tokens, seed, separate_b,
                                  temperature_b, top_p_b, max_tokens_b, seed_b])
         try:
-            updates = session.chat.regenerate()
+            updates = session.start_turn(SideBySideChat.regenerate)
         except ValueError as err:
             raise input_error(err) from err
         for rendered in stream(session, updates):
             yield [session, *rendered]
 
     def chat_stop(session) -> str:
-        """Stop both replies that are streaming; each pane keeps what it said so far."""
+        """Stop both replies that are streaming or about to start; each pane keeps what it said so far."""
         if session is None:
             return ""
-        session.chat.stop()
+        session.stop()
         return "Stopped."
 
     def chat_clear(session):
-        """Start a new conversation (in blind mode the models are shuffled again)."""
+        """Start a new conversation, history included (in blind mode the models are shuffled again)."""
         if session is not None:
-            session.chat.clear()
-            session.images = []
+            session.clear()
         return [session, *render(session), ""]
 
     def chat_vote(choice, session):
         """Blind mode: say which pane answered better; the vote is saved and the models revealed."""
-        if session is None:
+        if session is None or session.chat is None:
             raise gr.Error("vote: chat first, then vote", title="Invalid input")
         try:
             record = session.chat.vote(choice)
@@ -528,7 +473,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
 
     def chat_export(session) -> str:
         """Both conversations as a JSON file (format gemma-lite-studio/chat-transcript/v1)."""
-        if session is None:
+        if session is None or session.chat is None:
             raise gr.Error("export: there is no conversation yet", title="Invalid input")
         folder = Path(tempfile.mkdtemp(prefix="studio-chat-"))
         return str(session.chat.export_transcript(folder / "chat-transcript.json"))
@@ -551,6 +496,10 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     # Runs beside the streaming send (no queue slot needed) so it takes effect at once.
     stop_button.click(chat_stop, session_state, vote_message, api_name="chat_stop", concurrency_limit=None)
     clear_button.click(chat_clear, session_state, [session_state, *view, vote_message], api_name="chat_clear")
+    # A pane's trash icon clears the conversation as Clear does, history included: the panes answer
+    # the same turns, and a view-only clear let Regenerate bring the old turns back.
+    for chatbot in (a["chatbot"], b["chatbot"]):
+        chatbot.clear(chat_clear, session_state, [session_state, *view, vote_message], api_visibility="private")
     vote_button.click(chat_vote, [vote_choice, session_state], [a["stats"], b["stats"], vote_message],
                       api_name="chat_vote")
     blind.change(lambda on: (gr.update(visible=on), gr.update(visible=on)), blind, [vote_choice, vote_button],

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor
 
-from studio.modeling import FlapGemma4MLP, decoder_layers, load_model, mark_pruned, text_config_of
+from safetensors.torch import load_file, save_file
+
+from studio.modeling import FlapGemma4MLP, decoder_layers, load_model, mark_pruned, model_construction, text_config_of
 from studio.serve.chat import ChatError, GenerationStats, SamplingSettings, TextDelta, user_message
 from studio.serve.cpu_backend import PrivateRngSampler, TransformersBackend, to_processor_messages
 
@@ -107,6 +109,59 @@ def test_a_model_that_cannot_load_is_a_readable_error(tmp_path):
     assert final.message.startswith(f"cannot load the model from {tmp_path}")
 
 
+def test_a_checkpoint_that_fails_its_probe_is_an_error_naming_it_never_a_reply(demo_model_dir, tmp_path):
+    broken = tmp_path / "inf-embeddings"
+    shutil.copytree(demo_model_dir, broken)
+    tensors = load_file(broken / "model.safetensors")
+    name = next(k for k in tensors if k.endswith("language_model.embed_tokens.weight"))
+    tensors[name][:, 0] = float("inf")  # every token: the logits cannot be finite
+    save_file(tensors, broken / "model.safetensors", metadata={"format": "pt"})
+    text, final = reply(TransformersBackend(broken), [user_message("hi")], SamplingSettings(max_tokens=4, seed=0))
+    assert text == ""
+    assert isinstance(final, ChatError)
+    assert final.message.startswith(f"cannot load the model from {broken}: BrokenModelError: {broken}: the loaded model gives")
+
+
+def test_stop_while_waiting_for_another_models_construction(demo_model_dir):
+    """Stopped while another load holds the construction lock: the reply ends at once, unloaded."""
+    backend = TransformersBackend(demo_model_dir, name="waiting")
+    stop = threading.Event()
+    events = []
+    with model_construction():  # another pane's load, as far as this backend can tell
+        worker = threading.Thread(
+            target=lambda: events.extend(backend.stream_chat([user_message("hi")], SamplingSettings(seed=0), stop))
+        )
+        worker.start()
+        stop.set()
+        worker.join(60)
+        assert not worker.is_alive()  # ended although the lock is still held
+    (final,) = events
+    assert isinstance(final, GenerationStats) and final.finish_reason == "stopped" and final.output_tokens == 0
+    assert backend.load_seconds is None and not backend.loading
+    _, again = reply(backend, [user_message("hi")], SamplingSettings(max_tokens=2, seed=0))
+    assert isinstance(again, GenerationStats) and again.finish_reason in ("length", "stop")
+    assert backend.load_seconds > 0
+
+
+def test_stop_while_another_session_generates_on_the_same_model(demo_backend):
+    """A reply queued behind another reply on a shared backend stops without waiting for it."""
+    first_stop, second_stop = threading.Event(), threading.Event()
+    first = demo_backend.stream_chat([user_message("Go on")], SamplingSettings(max_tokens=300, seed=1), first_stop)
+    assert isinstance(next(first), TextDelta)  # the first reply holds the model
+    events = []
+    worker = threading.Thread(
+        target=lambda: events.extend(demo_backend.stream_chat([user_message("hi")], SamplingSettings(seed=0), second_stop))
+    )
+    worker.start()
+    second_stop.set()
+    worker.join(60)
+    assert not worker.is_alive()
+    (final,) = events
+    assert isinstance(final, GenerationStats) and final.finish_reason == "stopped" and final.output_tokens == 0
+    first_stop.set()
+    assert list(first)[-1].finish_reason == "stopped"
+
+
 def test_a_missing_checkpoint_is_an_input_error(tmp_path):
     with pytest.raises(ValueError, match="^model_dir: .* holds no config.json"):
         TransformersBackend(tmp_path)
@@ -170,6 +225,23 @@ def test_an_int4_export_answers_an_image_through_gptqmodel(int4_dir):
     assert isinstance(decoder_layers(backend._model)[0].mlp.down_proj, BaseQuantLinear)  # packed INT4 weights
     again, _ = reply(backend, messages, SamplingSettings(temperature=0, max_tokens=8))
     assert first == again  # greedy decoding is deterministic
+    assert backend.load_seconds > 0
+
+
+def test_the_int4_model_generates_without_compiling(int4_dir):
+    """GPTQModel's torch kernel compiles its dequantisation by default, once per module shape (per
+    pruned width), which stalled the first replies on CPU; the studio's loader runs it eagerly."""
+    from torch._dynamo.utils import counters
+
+    from studio.quantize import load_quantized
+
+    graphs_before = counters["stats"]["unique_graphs"]
+    model = load_quantized(int4_dir)  # its probe forward counts too
+    ids = torch.tensor([[2, 40, 41, 42]])
+    with torch.inference_mode():
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, do_sample=False)
+    assert out.shape[1] > ids.shape[1]
+    assert counters["stats"]["unique_graphs"] == graphs_before
 
 
 def test_sampler_keeps_only_the_sampled_token():

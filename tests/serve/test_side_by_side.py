@@ -142,6 +142,17 @@ def test_replies_are_recorded_even_when_the_updates_are_never_read(openai_server
     assert len(openai_server.requests[-1]["messages"]) == 3
 
 
+def test_ticks_come_while_no_pane_sends_anything(openai_server):
+    """With tick_s, a UI gets a chance to refresh between the slow server's chunks (0.2 s apart)."""
+    chat = SideBySideChat(*backends(openai_server, "echo-slow", "echo-slow"), tick_s=0.02)
+    updates = list(chat.send("a b c"))
+    ticks = [u for u in updates if u.event is None]
+    assert ticks and all(u.pane is None and u.text == "" for u in ticks)
+    assert [chat.panes[name].replies[-1].text for name in "AB"] == ["c b a", "c b a"]
+    plain = SideBySideChat(*backends(openai_server, "echo-slow", "echo-slow"))
+    assert all(u.event is not None for u in plain.send("a b c"))  # no ticks unless asked for
+
+
 def test_a_raising_backend_becomes_an_error_in_its_pane(openai_server):
     class Exploding:
         name = "exploding"
@@ -173,8 +184,11 @@ def test_blind_mode_hides_the_models_until_the_vote(openai_server, tmp_path):
     hidden = chat.transcript()
     assert {pane["model"] for pane in hidden["panes"].values()} == {"Model A", "Model B"}
     assert "echo-a" not in json.dumps(hidden)
+    # Speeds and token counts would tell the models apart: withheld until the vote.
+    assert [pane["replies"][0]["stats"] for pane in hidden["panes"].values()] == [None, None]
 
     record = chat.vote("B")
+    assert all(pane["replies"][0]["stats"]["output_tokens"] == 3 for pane in chat.transcript()["panes"].values())
     behind_b = chat.panes["B"].backend.name
     assert record["winner"] == behind_b
     assert (record["pane_a"], record["pane_b"]) == (chat.panes["A"].backend.name, behind_b)

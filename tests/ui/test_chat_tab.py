@@ -9,25 +9,30 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import socket
 import time
 
 import gradio as gr
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
 from PIL import Image
 
+from studio.modeling import model_construction
+from studio.serve.chat import GenerationStats, SamplingSettings, TextDelta, user_message
+from studio.serve.chat_session import format_stats
+from studio.serve.cpu_backend import TransformersBackend
 from studio.ui import chat_tab
-from studio.ui.chat_tab import ENGINE_CPU, ENGINE_URL, format_stats
+from studio.ui.chat_tab import DEMO_MODEL, ENGINE_CPU, ENGINE_URL, default_models, model_choices
 from studio.ui.context import Shared, StudioContext
-from studio.serve.chat import GenerationStats
 from tests.serve.openai_test_server import OpenAITestServer
 
 STATS = re.compile(r"TTFT \d+\.\d\d s · (\d+\.\d|–) tokens/s · prompt (\d+) tokens · output (\d+) tokens · (\w+)")
-# The demo model has random weights: sampling (seeded) rather than greedy decoding keeps it from
-# picking an end token first.
-# Greedy: the round trips check plumbing (both panes, stats, errors), not sampling.
-TINY = {"max_tokens": 3, "temperature": 0.0, "seed": 0}
+LOADED = re.compile(r"loaded in \d+\.\d s")
+# Sampled with a fixed seed: both panes on one model must then give the very same reply, which a
+# model built wrongly under a concurrent load (an uninitialised lm_head) would not.
+TINY = {"max_tokens": 3, "temperature": 0.8, "seed": 0}
 
 
 def free_port() -> int:
@@ -83,19 +88,31 @@ def test_endpoints_are_named(chat_app):
         assert f"/{name}" in endpoints
 
 
-def test_round_trip_on_the_demo_model_through_the_cpu_fallback(chat_app):
+def serial_reply(model_dir, text: str) -> str:
+    """The reply of a model loaded alone in this thread, with TINY's settings."""
+    backend = TransformersBackend(model_dir)
+    settings = SamplingSettings(temperature=TINY["temperature"], max_tokens=TINY["max_tokens"], seed=TINY["seed"])
+    return "".join(e.text for e in backend.stream_chat([user_message(text)], settings) if isinstance(e, TextDelta))
+
+
+def test_round_trip_on_the_demo_model_through_the_cpu_fallback(chat_app, demo_model_dir):
     client, _home = chat_app
     chatbot_a, chatbot_b, stats_a, stats_b = send(
         client, "Hello there", engine_a=ENGINE_CPU, model_a="demo", engine_b=ENGINE_CPU, model_b="demo", **TINY
     )
+    replies = []
     for chatbot, stats in ((chatbot_a, stats_a), (chatbot_b, stats_b)):
         assert chatbot[0] == {**chatbot[0], "role": "user"}
         (reply,) = assistant_texts(chatbot)
         assert reply and "Error" not in reply and reply != "(empty reply)"
+        replies.append(reply)
         match = STATS.search(stats)
         assert match, stats
         assert int(match[2]) > 3  # the chat template wraps the prompt
         assert 1 <= int(match[3]) <= TINY["max_tokens"]
+        assert LOADED.search(stats), stats  # both panes loaded their model for this turn
+    # The two panes loaded the demo model at the same time; both equal a model loaded alone.
+    assert replies == [serial_reply(demo_model_dir, "Hello there")] * 2
 
 
 def test_broken_url_fails_in_its_pane_only(chat_app):
@@ -129,13 +146,17 @@ def test_blind_vote_is_saved_and_transcripts_export(chat_app):
     client, home = chat_app
     with OpenAITestServer() as server:
         form = dict(engine_a=ENGINE_URL, url_a=server.url, engine_b=ENGINE_CPU, model_b="demo", blind=True, **TINY)
-        chatbot_a, chatbot_b, _stats_a, _stats_b = send(client, "one two three four", **form)
-        assert "**A: Model A**" in _stats_a and "**B: Model B**" in _stats_b  # hidden until the vote
+        chatbot_a, chatbot_b, stats_a, stats_b = send(client, "one two three four", **form)
+        # Hidden until the vote: the models, and every statistic that could tell them apart.
+        assert stats_a == "**A: Model A** · done" and stats_b == "**B: Model B** · done"
         replies = assistant_texts(chatbot_a) + assistant_texts(chatbot_b)
         assert "four three two" in replies  # the echo model reverses the words, cut at 3 tokens
+        hidden = json.loads(open(client.predict(api_name="/chat_export"), encoding="utf-8").read())
+        assert [pane["replies"][0]["stats"] for pane in hidden["panes"].values()] == [None, None]
         heading_a, heading_b, message = client.predict("tie", api_name="/chat_vote")
         assert "Vote saved: Tie" in message
         assert "Model A" not in heading_a and "Model B" not in heading_b
+        assert STATS.search(heading_a) and STATS.search(heading_b)  # revealed with the models
         (record,) = [json.loads(line) for line in (home / "chat" / "votes.jsonl").read_text().splitlines()]
         assert record["choice"] == "tie" and record["winner"] is None
         assert {record["pane_a"], record["pane_b"]} == {f"{server.url}", "demo (transformers)"}
@@ -181,6 +202,86 @@ def test_stop_regenerate_and_clear(chat_app):
 
         chatbot_a, chatbot_b, stats_a, stats_b, _message = client.predict(api_name="/chat_clear")
         assert chatbot_a == chatbot_b == [] and stats_a == "**A: echo-slow at " + server.url + "**"
+        # Clear means clear: the history is gone, so there is nothing to answer again.
+        with pytest.raises(AppError, match="regenerate: there is no turn to answer again"):
+            client.predict(max_tokens=2, api_name="/chat_regenerate")
+
+
+def test_stop_while_the_panes_are_being_set_up_stops_the_new_turn(chat_app, monkeypatch):
+    """Setting up panes can take long (servers start); a Stop pressed meanwhile ends the new turn."""
+    client, _home = chat_app
+    setting_up = chat_tab.BackendPool.backend
+
+    def slow_backend(pool, *args):
+        time.sleep(1.0)  # as a server start would
+        return setting_up(pool, *args)
+
+    monkeypatch.setattr(chat_tab.BackendPool, "backend", slow_backend)
+    words = [f"v{i}" for i in range(40)]
+    with OpenAITestServer(chunk_delay_s=0.3) as server:
+        form = dict(engine_a=ENGINE_URL, url_a=server.url, served_a="echo-slow",
+                    engine_b=ENGINE_URL, url_b=server.url, served_b="echo-slow", max_tokens=40)
+        job = client.submit(message={"text": " ".join(words), "files": []}, api_name="/chat_send", **form)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not job.outputs():  # the "preparing" render
+            time.sleep(0.05)
+        first = job.outputs()[0]
+        assert list(first[:3]) == [[], [], "**A** · preparing…"]  # the new session, still empty
+        assert client.predict(api_name="/chat_stop") == "Stopped."
+        chatbot_a, chatbot_b, stats_a, stats_b, _message = job.result(timeout=60)
+    for chatbot, stats in ((chatbot_a, stats_a), (chatbot_b, stats_b)):
+        (reply,) = assistant_texts(chatbot)
+        assert stats.endswith("· stopped"), stats
+        assert reply == "(stopped before any text)" or len(reply.split()) < 40
+
+
+def test_stop_while_a_pane_waits_for_another_load(chat_app, demo_model_dir):
+    """A pane whose model waits for another model's construction stops at once, without that load."""
+    client, home = chat_app
+    fresh = home / "exports" / "demo-copy"  # a folder no pane has loaded yet
+    shutil.copytree(demo_model_dir, fresh)
+    form = dict(engine_a=ENGINE_CPU, model_a=str(fresh), engine_b=ENGINE_CPU, model_b=str(fresh), **TINY)
+    with model_construction():  # as another pane's long load would hold it
+        job = client.submit(message={"text": "Hello", "files": []}, api_name="/chat_send", **form)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            "loading the model…" in heading for heading in (job.outputs()[-1][2:4] if job.outputs() else ("", ""))
+        ):
+            time.sleep(0.05)
+        assert all("loading the model…" in heading for heading in job.outputs()[-1][2:4]), job.outputs()[-1]
+        assert client.predict(api_name="/chat_stop") == "Stopped."
+        chatbot_a, chatbot_b, stats_a, stats_b, _message = job.result(timeout=60)  # the lock is still held
+    for chatbot, stats in ((chatbot_a, stats_a), (chatbot_b, stats_b)):
+        assert assistant_texts(chatbot) == ["(stopped before any text)"]
+        assert stats.endswith("· stopped") and not LOADED.search(stats), stats
+    # Nothing was left half-loaded: the next turn loads and answers.
+    chatbot_a, _chatbot_b, stats_a, _stats_b = send(client, "Hello", **form)
+    assert LOADED.search(stats_a) and STATS.search(stats_a), stats_a
+    assert assistant_texts(chatbot_a)[-1] == serial_reply(demo_model_dir, "Hello")
+
+
+def test_the_panes_trash_clears_the_conversation(chat_app):
+    """Each pane's trash icon is wired to the same clear as the Clear button (history included)."""
+    client, _home = chat_app
+    config = client.config
+    components = {c["id"]: c for c in config["components"]}
+    chatbots = {c["id"] for c in components.values() if c.get("type") == "chatbot"}
+    clear_button = next(c["id"] for c in components.values() if c.get("props", {}).get("value") == "Clear")
+    dependencies = config["dependencies"]
+    by_button = next(d for d in dependencies if [clear_button, "click"] in [list(t) for t in d["targets"]])
+    for chatbot in chatbots:
+        (by_trash,) = [d for d in dependencies if [chatbot, "clear"] in [list(t) for t in d["targets"]]]
+        assert (by_trash["inputs"], by_trash["outputs"]) == (by_button["inputs"], by_button["outputs"])
+    assert len(chatbots) == 2
+
+
+def test_both_panes_default_to_labelled_choices(demo_model_dir, tmp_path):
+    """With the demo model chosen in the Model tab, pane A shows the demo's label, not its folder."""
+    ctx = StudioContext(home=tmp_path, demo_dir=demo_model_dir)
+    state = {"checkpoint": str(demo_model_dir)}
+    default_a, default_b = default_models(ctx, state)
+    values = [value for _label, value in model_choices(ctx, state)]
+    assert default_a == default_b == DEMO_MODEL and default_a in values
 
 
 def test_image_upload_reaches_the_server_as_a_data_url(chat_app, tmp_path):
