@@ -79,6 +79,7 @@ def run(args) -> int:
     # SIGTERM ends the server like Ctrl-C does: through the manager, which stops the whole group.
     signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
     with ServerManager(startup_timeout_s=args.startup_timeout) as manager:
+        manager.check(spec)  # a folder that cannot be served is one line, before anything starts
         try:
             print(f"starting vLLM for {spec.path} (log: {manager.log_dir})", file=sys.stderr, flush=True)
             server = manager.start(spec)
