@@ -7,6 +7,7 @@
 - `studio.serve.side_by_side`: `SideBySideChat`, panes A and B, blind votes, transcripts.
 - `studio.serve.manager`: `ServerManager`, starting and stopping vLLM servers.
 - `studio.serve.memory`: GPU shares and context lengths that fit.
+- `studio.serve.sources`: backends for models named by a URL or a folder (the `chat` command).
 """
 
 from studio.serve.chat import (
