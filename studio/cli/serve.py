@@ -25,7 +25,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--gpu-memory-utilization",
         type=float,
-        help="fraction of the GPU's memory vLLM may use (default: planned from the model's size)",
+        help="fraction of each GPU's memory vLLM may use (default: planned from the model's size; vLLM's own "
+        "default with --tensor-parallel-size above 1)",
     )
     parser.add_argument(
         "--tensor-parallel-size",

@@ -357,8 +357,12 @@ class ServerManager:
         return self._gpu_total_bytes
 
     def plan_shares(self, specs: Sequence[ServerSpec]) -> list[GpuShare | None]:
-        """GPU shares for servers started together (None on CPU, or where the spec sets its own)."""
-        if self.device != "cuda":
+        """GPU shares for servers started together (None on CPU, or where the spec sets its own).
+
+        Servers split over several GPUs (tensor parallelism) get none: the plan counts whole
+        models on one GPU, so they keep vLLM's own memory defaults.
+        """
+        if self.device != "cuda" or any(spec.tensor_parallel_size > 1 for spec in specs):
             return [None] * len(specs)
         shares = plan_gpu_shares(
             [spec.path for spec in specs],

@@ -377,3 +377,16 @@ def test_a_spec_port_is_used(manager, demo_model_dir):
     port = free_port()
     server = manager.start(ServerSpec(demo_model_dir, name="echo", port=port, env=fake_spec(demo_model_dir).env))
     assert server.url == f"http://127.0.0.1:{port}"
+
+
+def test_tensor_parallel_servers_keep_vllms_memory_defaults(tmp_path):
+    # 15.9 GB of weights do not fit one 16 GiB GPU's plan, but split over two GPUs they may.
+    big = e4b_folder(tmp_path / "big", 15_900_000_000)
+    with ServerManager(vllm_python="/x", device="cuda", gpu_total_bytes=16 * GIB, log_dir=tmp_path) as manager:
+        with pytest.raises(ValueError, match="^model_dirs: weights of"):
+            manager.plan_shares([ServerSpec(big)])
+        split = ServerSpec(big, tensor_parallel_size=2, max_model_len=4096)
+        assert manager.plan_shares([split]) == [None]
+        command = manager.command_for(split, port=9000)
+    assert "--gpu-memory-utilization" not in command
+    assert (option(command, "--tensor-parallel-size"), option(command, "--max-model-len")) == ("2", "4096")
