@@ -190,16 +190,20 @@ def plugin_distributions(folder: Path) -> list:
     return [d for d in distributions(path=[str(folder)]) if d.entry_points.select(group=ENTRY_POINT_GROUP)]
 
 
+def missing_package(folder: Path, distribution) -> str | None:
+    """The first package a plugin distribution names that `folder` does not hold, if any."""
+    packages = (distribution.read_text("top_level.txt") or "").split()
+    return next((p for p in packages if not (folder / p).is_dir() and not (folder / f"{p}.py").is_file()), None)
+
+
 def plugin_problem(folder: Path) -> str | None:
-    """Why the vLLM plugin in `folder` would not load (None when it would, or when there is none)."""
+    """Why a vLLM plugin in `folder` would not load (None when it would, or when there is none)."""
     from studio.vllm_plugin_files import PLUGIN_PACKAGE
 
     found = plugin_distributions(folder)
     for dist in found:
-        packages = (dist.read_text("top_level.txt") or "").split()
-        missing = [p for p in packages if not (folder / p).is_dir() and not (folder / f"{p}.py").is_file()]
-        if missing:
-            return f"{folder} declares the vLLM plugin {dist.metadata['Name']} but holds no {missing[0]}/ package"
+        if missing := missing_package(folder, dist):
+            return f"{folder} declares the vLLM plugin {dist.metadata['Name']} but holds no {missing}/ package"
     if not found and (folder / PLUGIN_PACKAGE).is_dir():
         return (
             f"{folder / PLUGIN_PACKAGE} is there but no {PLUGIN_PACKAGE}.egg-info declares its vllm.general_plugins "
@@ -208,18 +212,33 @@ def plugin_problem(folder: Path) -> str | None:
     return None
 
 
+def loadable_plugins(folders: Sequence[Path]) -> list[str]:
+    """Entry point names of the vLLM plugins in `folders` whose packages are there too."""
+    from studio.vllm_plugin_files import ENTRY_POINT_GROUP
+
+    return [
+        entry_point.name
+        for folder in folders
+        for dist in plugin_distributions(folder)
+        if not missing_package(folder, dist)
+        for entry_point in dist.entry_points.select(group=ENTRY_POINT_GROUP)
+    ]
+
+
 def check_servable(
     model_dir: str | Path,
     *,
     pythonpath: Sequence[str | Path] = (),
     tensor_parallel_size: int = 1,
+    vllm_plugins: str | None = None,
 ) -> None:
     """Raise ValueError, in one line, when vLLM could not serve `model_dir` as it is set up.
 
-    `pythonpath`: the folders the server gets on PYTHONPATH (for an export, the folder itself).
+    `pythonpath`: the folders the server gets on PYTHONPATH (for an export, the folder itself);
+    `vllm_plugins`: the server's VLLM_PLUGINS (vLLM then loads only the plugins it names).
     A FLAP-pruned folder needs one FFN width per layer in its config, a known Gemma 4 architecture
-    and a vLLM plugin on that path. With tensor parallelism t every FFN width must be a multiple
-    of 128 * t (`studio.plan.check_tensor_parallel`).
+    and a vLLM plugin that loads from that path. With tensor parallelism t every FFN width must be
+    a multiple of 128 * t (`studio.plan.check_tensor_parallel`).
     """
     from studio.vllm_plugin_files import flap_architectures, stock_architectures
 
@@ -242,17 +261,23 @@ def check_servable(
         if architecture not in known:
             raise ValueError(f"{where}: architectures {architecture!r} is none the FLAP plugin serves ({', '.join(known)})")
         folders = [Path(p) for p in pythonpath if str(p)]
-        for folder in folders:
-            if problem := plugin_problem(folder):
+        plugins = loadable_plugins(folders)
+        if not plugins:
+            problem = next((p for p in map(plugin_problem, folders) if p), None)
+            if problem:
                 raise ValueError(f"{where} cannot be served: {problem}")
-        if not any(plugin_distributions(folder) for folder in folders):
             raise ValueError(
                 f"{where} is FLAP-pruned but no vLLM plugin would load: no *.egg-info declaring "
                 "vllm.general_plugins in the folder or on PYTHONPATH (re-export it, or serve it with the "
                 "studio's plugin: studio_plugin=True, `python -m studio serve --studio-plugin`)"
             )
+        if vllm_plugins is not None and not set(plugins) & set(vllm_plugins.split(",")):
+            raise ValueError(
+                f"{where} cannot be served: VLLM_PLUGINS={vllm_plugins!r} leaves out its plugin "
+                f"{', '.join(dict.fromkeys(plugins))}; unset it or add that name"
+            )
     if tensor_parallel_size > 1:
-        from studio.modeling import load_text_config, layer_widths
+        from studio.modeling import layer_widths, load_text_config
         from studio.plan import check_tensor_parallel
 
         check_tensor_parallel(layer_widths(load_text_config(model_dir)), tensor_parallel_size)
@@ -439,11 +464,14 @@ class ServerManager:
 
     def check(self, spec: ServerSpec) -> None:
         """`check_servable` for `spec` as this manager would start it."""
-        if "PYTHONPATH" in spec.env:  # replaces the manager's own, as in `environment_for`
-            pythonpath = [Path(p) for p in spec.env["PYTHONPATH"].split(os.pathsep) if p]
-        else:
-            pythonpath = self.pythonpath_for(spec)
-        check_servable(spec.path, pythonpath=pythonpath, tensor_parallel_size=spec.tensor_parallel_size)
+        env = self.environment_for(spec)
+        pythonpath = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        check_servable(
+            spec.path,
+            pythonpath=pythonpath,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            vllm_plugins=env.get("VLLM_PLUGINS"),
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
 

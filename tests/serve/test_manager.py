@@ -347,6 +347,10 @@ def test_the_studio_plugin_serves_a_folder_without_one(demo_model_dir, tmp_path)
         spec = ServerSpec(folder, studio_plugin=True)
         manager.check(spec)
         env = manager.environment_for(spec)
+    broken = card_folder(demo_model_dir, tmp_path / "broken")
+    shutil.rmtree(broken / "vllm_flap_plugin.egg-info")
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        manager.check(ServerSpec(broken, studio_plugin=True))  # the studio's plugin loads; the stray package is shadowed
     plugin_dir = tmp_path / "logs" / "studio-plugin"
     # The studio's copy comes first, so it is the one imported even where the folder has its own.
     assert env["PYTHONPATH"] == f"{plugin_dir}:{folder}"
@@ -390,3 +394,13 @@ def test_tensor_parallel_servers_keep_vllms_memory_defaults(tmp_path):
         command = manager.command_for(split, port=9000)
     assert "--gpu-memory-utilization" not in command
     assert (option(command, "--tensor-parallel-size"), option(command, "--max-model-len")) == ("2", "4096")
+
+
+def test_vllm_plugins_that_leave_the_plugin_out_are_named(demo_model_dir, tmp_path):
+    folder = card_folder(demo_model_dir, tmp_path / "card")
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        assert refusal(manager, ServerSpec(folder, env={"VLLM_PLUGINS": "lora_filesystem_resolver"})) == (
+            f"model_dir: {folder} cannot be served: VLLM_PLUGINS='lora_filesystem_resolver' leaves out its plugin "
+            "vllm_flap_plugin; unset it or add that name"
+        )
+        manager.check(ServerSpec(folder, env={"VLLM_PLUGINS": "lora_filesystem_resolver,vllm_flap_plugin"}))
