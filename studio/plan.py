@@ -6,6 +6,7 @@ Preset schema (`presets/*.yaml`, read with a safe loader; data only):
     description: text                 # optional
     multiple: 128                     # widths must be multiples of this (default 128)
     num_layers: 42                    # optional; if given, must match the model
+    tensor_parallel_size: 2           # optional (default 1): widths must also be multiples of 128 x this
     default: {ratio: 0.2}             # optional; applies to every layer not listed
     layers:                           # optional; one entry per listed layer
       - {layer: 0, intermediate_size: 8192}
@@ -15,6 +16,10 @@ Each layer entry (and `default`) takes either `intermediate_size` (the kept widt
 fraction of the original width to prune; converted to the nearest multiple of `multiple`, never
 below one multiple), and an optional `lock` (suggestions leave locked layers as they are).
 A plan is resolved against a model's text config: `PruningPlan` then holds one width per layer.
+
+Served with tensor parallelism t, vLLM splits each FFN's width over t GPUs, and its GPTQ-Marlin
+kernels need every GPU's share of down_proj's input to be a multiple of 128: widths must be
+multiples of 128 * t (`check_tensor_parallel`, also run when a server starts).
 """
 
 from __future__ import annotations
@@ -28,7 +33,9 @@ from studio.atomic import atomic_write_text
 from studio.modeling import original_widths
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
-TOP_LEVEL_KEYS = {"name", "description", "multiple", "num_layers", "default", "layers"}
+TOP_LEVEL_KEYS = {"name", "description", "multiple", "num_layers", "tensor_parallel_size", "default", "layers"}
+# What GPTQ-Marlin in vLLM needs of each GPU's share of down_proj's input features.
+MARLIN_INPUT_MULTIPLE = 128
 LAYER_KEYS = {"layer", "intermediate_size", "ratio", "lock"}
 DEFAULT_KEYS = LAYER_KEYS - {"layer"}
 
@@ -43,6 +50,7 @@ class PruningPlan:
     multiple: int = 128
     name: str = "custom"
     description: str = ""
+    tensor_parallel_size: int = 1
 
     def __post_init__(self):
         if not self.locks:
@@ -66,6 +74,7 @@ class PruningPlan:
         _check_multiple(self.multiple)
         for index, (width, original) in enumerate(zip(self.widths, self.original)):
             _check_width(index, width, original, self.multiple)
+        check_tensor_parallel(self.widths, self.tensor_parallel_size)
 
     def to_preset(self) -> dict:
         """The plan as a preset mapping (every layer listed with its width)."""
@@ -74,6 +83,7 @@ class PruningPlan:
             "description": self.description,
             "multiple": self.multiple,
             "num_layers": len(self.widths),
+            **({"tensor_parallel_size": self.tensor_parallel_size} if self.tensor_parallel_size != 1 else {}),
             "layers": [
                 {"layer": i, "intermediate_size": w, **({"lock": True} if lock else {})}
                 for i, (w, lock) in enumerate(zip(self.widths, self.locks))
@@ -96,6 +106,23 @@ def _check_width(index: int, width, original: int, multiple: int) -> None:
         raise ValueError(f"{where} {width} is above the original width {original}")
     if width % multiple:
         raise ValueError(f"{where} {width} is not a multiple of {multiple}")
+
+
+def check_tensor_parallel(widths, tensor_parallel_size: int) -> None:
+    """Raise ValueError naming the first width that cannot be split over `tensor_parallel_size` GPUs."""
+    if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size: must be a positive integer, got {tensor_parallel_size!r}")
+    if tensor_parallel_size == 1:
+        return
+    multiple = MARLIN_INPUT_MULTIPLE * tensor_parallel_size
+    for index, width in enumerate(widths):
+        if width % multiple:
+            raise ValueError(
+                f"layer {index}: intermediate_size {width} is not a multiple of {multiple} "
+                f"({MARLIN_INPUT_MULTIPLE} x tensor_parallel_size {tensor_parallel_size}): vLLM's GPTQ-Marlin "
+                f"needs each GPU's share of down_proj's input ({width / tensor_parallel_size:g} here) to be a "
+                f"multiple of {MARLIN_INPUT_MULTIPLE}"
+            )
 
 
 def width_for_ratio(original: int, ratio: float, multiple: int) -> int:
@@ -152,6 +179,7 @@ def resolve_plan(preset: dict, text_config, name: str = "custom") -> PruningPlan
         if index in by_layer:
             raise ValueError(f"layer {index}: listed twice")
         by_layer[index] = entry
+    tensor_parallel_size = preset.get("tensor_parallel_size", 1)
     default = preset.get("default")
     widths, locks = [], []
     for index in range(n_layers):
@@ -170,6 +198,7 @@ def resolve_plan(preset: dict, text_config, name: str = "custom") -> PruningPlan
         multiple=multiple,
         name=str(preset.get("name", name)),
         description=str(preset.get("description", "")),
+        tensor_parallel_size=tensor_parallel_size,
     )
     plan.validate()
     return plan

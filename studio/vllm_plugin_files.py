@@ -44,6 +44,11 @@ def flap_architectures() -> list[str]:
     return list(plugin_module().FLAP_ARCHITECTURES)
 
 
+def stock_architectures() -> list[str]:
+    """The stock Gemma 4 names the plugin also serves when a config sets `flap_pruned: true`."""
+    return list(plugin_module().STOCK_TO_FLAP)
+
+
 def egg_info_files(version: str) -> dict[str, str]:
     """The metadata files that make the copied package an installed distribution on `sys.path`."""
     return {

@@ -2,7 +2,7 @@ import pytest
 import yaml
 
 from studio.modeling import load_text_config
-from studio.plan import builtin_presets, find_preset, load_plan, resolve_plan, save_plan, uniform_plan
+from studio.plan import builtin_presets, find_preset, load_plan, read_preset, resolve_plan, save_plan, uniform_plan
 
 from .conftest import E4B_CONFIG
 
@@ -90,3 +90,40 @@ def test_save_and_load_round_trip(tmp_path, e4b):
     again = load_plan(tmp_path / "mine.yaml", e4b)
     assert again.widths == plan.widths and again.locks == plan.locks
     assert yaml.safe_load((tmp_path / "mine.yaml").read_text())["num_layers"] == 42
+
+
+# --- tensor parallelism: widths split over the GPUs in multiples of 128 ---------------------------
+
+
+def test_tensor_parallel_size_makes_widths_multiples_of_128_per_gpu(e4b):
+    with pytest.raises(ValueError) as caught:
+        resolve_plan({"tensor_parallel_size": 2, "layers": [], "default": {"intermediate_size": 10240 - 128}}, e4b)
+    assert str(caught.value) == (
+        "layer 0: intermediate_size 10112 is not a multiple of 256 (128 x tensor_parallel_size 2): vLLM's "
+        "GPTQ-Marlin needs each GPU's share of down_proj's input (5056 here) to be a multiple of 128"
+    )
+    # The card's widths (8192, 9216, 10240) split into multiples of 128 over up to 8 GPUs: 9216 / 8 = 9 x 128.
+    card = read_preset(find_preset("gemma4-lite-round2"))
+    assert resolve_plan({**card, "tensor_parallel_size": 8}, e4b).tensor_parallel_size == 8
+    with pytest.raises(ValueError, match=r"^layer 9: intermediate_size 9216 is not a multiple of 2048"):
+        resolve_plan({**card, "tensor_parallel_size": 16}, e4b)
+    with pytest.raises(ValueError, match=r"^tensor_parallel_size: must be a positive integer, got 0"):
+        resolve_plan({**card, "tensor_parallel_size": 0}, e4b)
+
+
+def test_tensor_parallel_size_survives_a_save(tmp_path, e4b):
+    plan = resolve_plan({"tensor_parallel_size": 4, "default": {"intermediate_size": 8192}}, e4b)
+    save_plan(plan, tmp_path / "tp4.yaml")
+    assert yaml.safe_load((tmp_path / "tp4.yaml").read_text())["tensor_parallel_size"] == 4
+    assert load_plan(tmp_path / "tp4.yaml", e4b).tensor_parallel_size == 4
+    assert "tensor_parallel_size" not in uniform_plan(e4b, 0.2).to_preset()
+
+
+def test_estimate_checks_the_widths_for_tensor_parallelism(tmp_path, capsys):
+    from studio.cli import main
+
+    preset = tmp_path / "odd.yaml"
+    preset.write_text(yaml.safe_dump({"default": {"intermediate_size": 10240 - 384}}))
+    assert main(["estimate", "--config", str(E4B_CONFIG), "--plan", str(preset), "--tensor-parallel-size", "2", "--json"]) == 2
+    assert capsys.readouterr().err.startswith("error: layer 0: intermediate_size 9856 is not a multiple of 256")
+    assert main(["estimate", "--config", str(E4B_CONFIG), "--plan", "gemma4-lite-round2", "--tensor-parallel-size", "2", "--json"]) == 0

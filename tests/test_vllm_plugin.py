@@ -11,11 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 import torch
 import yaml
@@ -34,9 +39,12 @@ from studio.vllm_plugin_files import (
     write_plugin,
 )
 from tests.vllm_helpers import (
+    REPO_ROOT,
+    START_TIMEOUT_S,
     VLLM_PYTHON,
     VllmServer,
     free_port,
+    greedy_completion,
     hf_overrides,
     run_until_exit,
     server_command,
@@ -79,6 +87,23 @@ def pruned_export(demo_model_dir, calibration_text, tmp_path_factory) -> Path:
     calibration = CalibrationSpec(source=str(calibration_text), samples=4, seqlen=64)
     prune_checkpoint(demo_model_dir, plan, calibration, root / "pruned")
     return export_folder(root / "pruned", root / "export")
+
+
+def as_card_format(folder: Path) -> Path:
+    """Give a pruned folder the stock architecture name, as the reference card's checkpoints have it
+    (`text_config.flap_pruned` and `intermediate_sizes` stay)."""
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"] = ["Gemma4ForConditionalGeneration"]
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def card_export(pruned_export, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vllm_plugin_card") / "card-format"
+    shutil.copytree(pruned_export, out)
+    (out / CONFIG_FILE).write_text(vllm_config_yaml(dtype="float32", max_model_len=512))
+    return as_card_format(out)
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +226,20 @@ out = {
     "pruned_widths": gemma4_flap.flap_widths(
         NS(text_config=NS(flap_pruned=True, intermediate_sizes=[256, 128, 384], num_hidden_layers=3))),
 }
+def resolved(architecture, hf_config):
+    model_config = NS(hf_config=hf_config, model_impl="auto", convert_type="none", runner_type="generate")
+    model_class, name = ModelRegistry.resolve_model_cls([architecture], model_config)
+    return [model_class.__name__, name]
+pruned_text = NS(flap_pruned=True, intermediate_sizes=[256], num_hidden_layers=1)
+out["stock_name_pruned"] = resolved("Gemma4ForCausalLM", NS(text_config=pruned_text))
+out["stock_name_pruned_text_config"] = resolved("Gemma4ForCausalLM", pruned_text)
+out["stock_name_unpruned"] = resolved("Gemma4ForCausalLM", NS(text_config=NS(num_hidden_layers=1)))
+out["flap_name_unpruned"] = resolved("Gemma4FlapForCausalLM", NS(text_config=NS(num_hidden_layers=1)))
+from vllm.model_executor.models.config import MODELS_CONFIG_MAP
+out["config_hooks"] = [MODELS_CONFIG_MAP.get(f) is MODELS_CONFIG_MAP[s] for f, s in (
+    ("Gemma4FlapForCausalLM", "Gemma4ForCausalLM"),
+    ("Gemma4FlapForConditionalGeneration", "Gemma4ForConditionalGeneration"))]
+out["entries_after_resolving"] = ModelRegistry.models["Gemma4ForCausalLM"] is stock_entry
 def error_of(call):
     try:
         call()
@@ -254,6 +293,13 @@ def test_plugin_registers_lazily_and_refuses_unknown_vllm_internals(tmp_path):
     assert "decoder layer 0 was built with Linear" in out["stock_layer"]
     assert "Gemma4MLP.__init__ takes no intermediate_size" in out["changed_signature"]
     assert "gemma4 has no class Gemma4MLP" in out["missing_class"]
+    # The card's format: a stock name resolves to the FLAP class only when the config is pruned.
+    assert out["stock_name_pruned"] == ["Gemma4FlapForCausalLM", "Gemma4ForCausalLM"]
+    assert out["stock_name_pruned_text_config"] == ["Gemma4FlapForCausalLM", "Gemma4ForCausalLM"]
+    assert out["stock_name_unpruned"] == ["Gemma4ForCausalLM", "Gemma4ForCausalLM"]
+    assert out["flap_name_unpruned"] == ["Gemma4FlapForCausalLM", "Gemma4FlapForCausalLM"]
+    assert out["config_hooks"] == [True, True]  # Gemma 4's attention-backend choice applies to FLAP names
+    assert out["entries_after_resolving"] is True
 
 
 # --- real servers ----------------------------------------------------------------------------
@@ -327,3 +373,81 @@ def test_unpruned_model_is_unchanged_by_the_plugin(unpruned_export, demo_model_d
     assert outputs[0] == outputs[1]
     assert REGISTERED_LINE in with_plugin.log() and REGISTERED_LINE not in without_plugin.log()
     assert "Resolved architecture: Gemma4ForCausalLM" in with_plugin.log()
+
+
+# --- the card's format, through `python -m studio serve` ------------------------------------------
+
+
+def wait_for_health(url: str, process: subprocess.Popen, output: Path) -> None:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert process.poll() is None, f"studio serve exited with {process.returncode}:\n{output.read_text()[-4000:]}"
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/health", timeout=5).status_code == 200:
+                return
+        time.sleep(2)
+    raise TimeoutError(f"studio serve not healthy after {START_TIMEOUT_S} s:\n{output.read_text()[-4000:]}")
+
+
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process, its descendants and the members of their process groups (not this test's group)."""
+    root = psutil.Process(pid)
+    members = {p.pid: p for p in [root, *root.children(recursive=True)]}
+    groups = {os.getpgid(p.pid) for p in members.values() if p.is_running()} - {os.getpgrp()}
+    for candidate in psutil.process_iter():
+        with contextlib.suppress(ProcessLookupError, psutil.NoSuchProcess):
+            if os.getpgid(candidate.pid) in groups:
+                members[candidate.pid] = candidate
+    return list(members.values())
+
+
+def still_running(processes: list[psutil.Process]) -> list[psutil.Process]:
+    running = []
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if process.status() != psutil.STATUS_ZOMBIE:
+                running.append(process)
+    return running
+
+
+@needs_vllm
+def test_studio_serve_runs_the_cards_format_like_the_studio_loader(card_export, prompt_ids, tmp_path):
+    """Stock architecture name + flap_pruned, the folder's own plugin and vllm_config.yaml (fp32),
+    served by `python -m studio serve`: the studio loader's greedy tokens; Ctrl-C ends every process."""
+    model = load_model(card_export, dtype=torch.float32)
+    expected = [transformers_greedy(model, prompt) for prompt in prompt_ids]
+    port = free_port()
+    output = tmp_path / "studio-serve.out"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "STUDIO_VLLM_PYTHON")}
+    with output.open("wb") as sink:
+        cli = subprocess.Popen(
+            [sys.executable, "-m", "studio", "serve", str(card_export), "--port", str(port)],
+            cwd=REPO_ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,  # like a command run from a shell: its own process group
+        )  # fmt: skip
+    processes: list[psutil.Process] = []
+    try:
+        wait_for_health(f"http://127.0.0.1:{port}", cli, output)
+        served = [greedy_completion(f"http://127.0.0.1:{port}", card_export.name, p, NEW_TOKENS) for p in prompt_ids]
+        processes = process_tree(cli.pid)
+        cli.send_signal(signal.SIGINT)  # what Ctrl-C sends to the command
+        assert cli.wait(timeout=120) == 0
+    finally:  # nothing outlives a failed test either
+        if cli.poll() is None:
+            processes = processes or process_tree(cli.pid)
+            cli.kill()
+            cli.wait()
+        leftovers = still_running(processes)
+        for leftover in leftovers:
+            leftover.kill()
+
+    for (tokens, logprobs), (expected_tokens, expected_logprobs) in zip(served, expected):
+        assert tokens == expected_tokens
+        assert max(abs(a - b) for a, b in zip(logprobs, expected_logprobs)) < LOGPROB_TOLERANCE
+    assert len(processes) >= 3  # the command, vLLM's API server and its engine core
+    assert leftovers == []
+    printed = output.read_text()
+    log_path = Path(re.search(rf"serving card-format at http://127\.0\.0\.1:{port}/v1 \(log: (.+?)\);", printed)[1])
+    log = log_path.read_text()
+    assert f"vllm_flap_plugin {plugin_version()}: serving flap_pruned Gemma4ForCausalLM with Gemma4FlapForCausalLM" in log
+    assert "Resolved architecture: Gemma4ForCausalLM" in log

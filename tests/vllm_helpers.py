@@ -118,19 +118,24 @@ class VllmServer:
 
     def greedy(self, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
         """Greedy continuation of `prompt_ids`: token ids and each one's log-probability."""
-        body = {
-            "model": "model",
-            "prompt": prompt_ids,
-            "max_tokens": max_tokens,
-            "temperature": 0,
-            "logprobs": 1,
-            "return_tokens_as_token_ids": True,
-        }
-        response = httpx.post(f"{self.url}/v1/completions", json=body, timeout=120)
-        response.raise_for_status()
-        logprobs = response.json()["choices"][0]["logprobs"]
-        tokens = [int(token.removeprefix("token_id:")) for token in logprobs["tokens"]]
-        return tokens, [float(x) for x in logprobs["token_logprobs"]]
+        return greedy_completion(self.url, "model", prompt_ids, max_tokens)
+
+
+def greedy_completion(url: str, model: str, prompt_ids: list[int], max_tokens: int) -> tuple[list[int], list[float]]:
+    """Greedy continuation of `prompt_ids` by the server at `url`: token ids and their log-probabilities."""
+    body = {
+        "model": model,
+        "prompt": prompt_ids,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "logprobs": 1,
+        "return_tokens_as_token_ids": True,
+    }
+    response = httpx.post(f"{url}/v1/completions", json=body, timeout=120)
+    response.raise_for_status()
+    logprobs = response.json()["choices"][0]["logprobs"]
+    tokens = [int(token.removeprefix("token_id:")) for token in logprobs["tokens"]]
+    return tokens, [float(x) for x in logprobs["token_logprobs"]]
 
 
 def run_until_exit(command: list[str], env: dict[str, str], log_path: Path) -> tuple[int | None, str]:

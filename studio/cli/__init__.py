@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "estimate",
     "jobs",
     "push",
+    "serve",
+    "chat",
 ]
 
 

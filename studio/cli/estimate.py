@@ -41,6 +41,12 @@ def add_parser(subparsers) -> None:
         help="total tensor bytes of the base checkpoint (e.g. 15.9e9); what the text config does not account "
         "for is taken as the vision + audio towers, unquantized",
     )
+    parser.add_argument(
+        "--tensor-parallel-size",
+        type=int,
+        default=1,
+        help="check that the widths split over this many GPUs in vLLM (multiples of 128 x this; default: 1)",
+    )
     parser.add_argument("--compare-card", action="store_true", help="print the gemma4-lite-round2 card's size claims beside the estimate")
     parser.add_argument("--json", action="store_true", help="print the estimate as JSON instead of a table")
     parser.set_defaults(func=run)
@@ -55,13 +61,14 @@ def _towers_from_base_bytes(base_bytes: float, text_bytes: int, dtype_bytes: int
 
 def estimates(args):
     """(config, plan, base estimate, compressed estimate) for the parsed arguments."""
-    from studio.modeling import text_config_of
-    from studio.plan import find_preset, load_plan
+    from studio.modeling import layer_widths, text_config_of
+    from studio.plan import check_tensor_parallel, find_preset, load_plan
     from studio.quantize import QuantizeSettings
     from studio.sizes import config_from_file, estimate
 
     config = config_from_file(args.config)
     plan = load_plan(find_preset(args.plan), text_config_of(config)) if args.plan else None
+    check_tensor_parallel(plan.widths if plan else layer_widths(text_config_of(config)), args.tensor_parallel_size)
     quantize = None if args.no_quant else QuantizeSettings(bits=args.bits, group_size=args.group_size)
     towers = {"vision_params": args.vision_params, "audio_params": args.audio_params}
     if args.base_bytes is not None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from studio.atomic import atomic_directory, atomic_write_text
-from studio.export.model_card import CardData, render_model_card
+from studio.export.model_card import CardData, hub_model_id, named_calibration, render_model_card
 from studio.export.shards import INDEX_FILE, ShardedWeights, write_shards
 from studio.sizes import SizeReport, config_from_file, estimate, measure_checkpoint
 
@@ -71,10 +71,19 @@ def _export_config(source: Path, target: Path, quantized: bool, dtype: str) -> d
 
 def _copy_side_files(source: Path, target: Path) -> None:
     """Tokenizer, processor and generation configs, chat template, quantize config and log, FLAP's
-    prune summary: every plain file of the source that is not a weight file or generated here."""
+    prune summary: every plain file of the source that is not a weight file or generated here.
+    The prune summary's calibration source is named, not pathed: the folder is what gets published."""
+    from studio.flap.pipeline import SUMMARY_FILE as PRUNE_SUMMARY_FILE  # torch-heavy: only when exporting
+
     for entry in sorted(source.iterdir()):
         if entry.is_file() and entry.name not in _GENERATED and not entry.name.endswith(_WEIGHT_SUFFIXES):
             shutil.copyfile(entry, target / entry.name)
+    prune_summary = target / PRUNE_SUMMARY_FILE
+    if prune_summary.is_file():
+        data = json.loads(prune_summary.read_text(encoding="utf-8"))
+        if isinstance(data.get("calibration"), dict):
+            data["calibration"] = named_calibration(data["calibration"])
+            prune_summary.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
 def _storage_dtype(config: dict, quantized: bool, dtype: str) -> str:
@@ -106,6 +115,7 @@ def _read_quant_log(folder: Path) -> list:
 
 
 def _card_data(folder: Path, summary: Mapping, evaluation: Mapping | None) -> CardData:
+    from studio.flap.pipeline import SUMMARY_FILE as PRUNE_SUMMARY_FILE
     from studio.modeling import layer_widths, original_widths, text_config_of
 
     config = config_from_file(folder)
@@ -113,7 +123,7 @@ def _card_data(folder: Path, summary: Mapping, evaluation: Mapping | None) -> Ca
     quantize_config = (
         json.loads((folder / QUANTIZE_CONFIG_FILE).read_text(encoding="utf-8")) if summary["quantized"] else None
     )
-    prune_summary_path = folder / "prune_summary.json"
+    prune_summary_path = folder / PRUNE_SUMMARY_FILE
     return CardData(
         name=summary["name"],
         base_model=summary["base_model"],
@@ -133,6 +143,7 @@ def _card_data(folder: Path, summary: Mapping, evaluation: Mapping | None) -> Ca
         evaluation=evaluation,
         files=sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if p.name != CARD_FILE)
         + [CARD_FILE],
+        architecture=(getattr(config, "architectures", None) or [None])[0],
     )
 
 
@@ -157,7 +168,8 @@ def export_checkpoint(
     """Write the servable export of `checkpoint` (quantized or pruned) to `out_dir`, atomically.
 
     `dtype` is the storage dtype of an unquantized export (a GPTQ checkpoint keeps its own);
-    `base_model` (a folder or a hub id) is named in the card and, if it is a folder, measured for the
+    `base_model` (a folder or a hub id) is named in the card by its Hub id (a folder from the Hub
+    cache gives its id, another folder is not named) and, if it is a folder, measured for the
     "before" sizes; `evaluation` maps a model name to a perplexity result (ppl, nll, tokens, seqlen,
     stride) shown in the card.
     """
@@ -185,7 +197,7 @@ def export_checkpoint(
         after = measure_checkpoint(staging)
         summary = {
             "name": name,
-            "base_model": str(base_model) if base_model is not None else None,
+            "base_model": hub_model_id(base_model),  # published: a Hub id or nothing, never a local path
             "quantized": quantized,
             "dtype": storage_dtype,
             "before_source": before_source,

@@ -4,6 +4,10 @@ Every number in the card comes from data: the per-layer widths from config.json,
 safetensors headers (`studio.sizes`), the GPTQ settings from quantize_config.json, the per-module
 error from quant_log.csv and, when given, evaluation results. Nothing is copied from the reference
 card's prose.
+
+The card is what `push` publishes, so it names things instead of pointing at this machine: the
+base model by its Hub id (`hub_model_id`; omitted for a local model), calibration texts by their
+file name (`calibration_name`).
 """
 
 from __future__ import annotations
@@ -11,8 +15,48 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from itertools import groupby
+from pathlib import Path
 
+from studio.calibration import HF_PREFIX
 from studio.sizes import COMPONENT_LABELS, SizeReport
+
+# Folder names of models in the Hugging Face cache: models--OWNER--NAME (ids cannot hold "--").
+_HUB_CACHE_PREFIX = "models--"
+
+
+def hub_model_id(base_model: str | Path | None) -> str | None:
+    """The Hub id of the base model, or None when it did not come from the Hub.
+
+    A Hub id is kept as given; a folder inside the Hugging Face cache
+    (`.../models--google--gemma-4-E4B-it/snapshots/<sha>`) gives the id it was downloaded from;
+    any other local folder gives None.
+    """
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if base_model is None or not str(base_model).strip():
+        return None
+    path = Path(base_model).expanduser()
+    if path.exists():
+        for part in reversed(path.resolve().parts):
+            if part.startswith(_HUB_CACHE_PREFIX) and "--" in part[len(_HUB_CACHE_PREFIX) :]:
+                return part[len(_HUB_CACHE_PREFIX) :].replace("--", "/", 1)
+        return None
+    try:
+        validate_repo_id(str(base_model))
+    except HFValidationError:
+        return None
+    return str(base_model)
+
+
+def calibration_name(source: str) -> str:
+    """A calibration source as the card names it: a dataset spec as it is, a text file by its name."""
+    return source if source.startswith(HF_PREFIX) else Path(source).name
+
+
+def named_calibration(calibration: Mapping) -> dict:
+    """A calibration record (`CalibrationSpec.to_dict()`) with its source named, not pathed."""
+    return {**calibration, "source": calibration_name(str(calibration["source"]))} if "source" in calibration else dict(calibration)
 
 
 @dataclass(frozen=True)
@@ -20,7 +64,7 @@ class CardData:
     """What the card is written from."""
 
     name: str
-    base_model: str | None  # folder or hub id of the model compressed, when known
+    base_model: str | None  # Hub id of the model compressed, when it came from the Hub
     quantized: bool
     dtype: str
     widths: list[int]
@@ -36,6 +80,7 @@ class CardData:
     prune_summary: Mapping | None = None
     evaluation: Mapping[str, Mapping] | None = None
     files: list[str] = field(default_factory=list)
+    architecture: str | None = None  # config.json's architectures[0]
 
 
 def _gb(n: int) -> str:
@@ -113,7 +158,8 @@ def _compression_section(data: CardData) -> list[str]:
         calibration = summary.get("calibration")
         if calibration:
             lines.append(
-                f"- Calibration: {calibration['samples']} x {calibration['seqlen']} tokens from `{calibration['source']}` "
+                f"- Calibration: {calibration['samples']} x {calibration['seqlen']} tokens from "
+                f"`{calibration_name(str(calibration['source']))}` "
                 f"(seed {calibration['seed']})."
             )
         lines += ["", *plan_table(data), "", *width_distribution(data), ""]
@@ -217,7 +263,15 @@ def _usage_section(data: CardData) -> list[str]:
         "```",
         "",
     ]
-    if data.flap_pruned:
+    stock_name = bool(data.architecture) and not data.architecture.startswith("Gemma4Flap")
+    if data.flap_pruned and stock_name:
+        lines += [
+            f"config.json keeps the stock architecture name `{data.architecture}`; the plugin builds the pruned "
+            "layers because `text_config.flap_pruned` is set. Without the plugin vLLM stops at load on the FFN "
+            "weight shapes.",
+            "",
+        ]
+    elif data.flap_pruned:
         lines += [
             "Without the plugin vLLM refuses to load the model (config.json names an architecture only the "
             "plugin registers), rather than serving it with the down_proj biases dropped.",
@@ -231,7 +285,7 @@ def _usage_section(data: CardData) -> list[str]:
             "",
             "```bash",
             "vllm serve $MODEL_DIR --config $MODEL_DIR/vllm_config.yaml \\",
-            "  --hf-overrides '{\"architectures\": [\"Gemma4FlapForCausalLM\"]}'" if data.flap_pruned
+            "  --hf-overrides '{\"architectures\": [\"Gemma4FlapForCausalLM\"]}'" if data.flap_pruned and not stock_name
             else "  --hf-overrides '{\"architectures\": [\"Gemma4ForCausalLM\"]}'",
             "```",
             "",

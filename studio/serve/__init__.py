@@ -9,6 +9,7 @@
   the panes show (headings, messages; statistics hidden while blind).
 - `studio.serve.manager`: `ServerManager`, starting and stopping vLLM servers.
 - `studio.serve.memory`: GPU shares and context lengths that fit.
+- `studio.serve.sources`: backends for models named by a URL or a folder (the `chat` command).
 """
 
 from studio.serve.chat import (

