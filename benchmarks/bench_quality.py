@@ -222,7 +222,7 @@ def run(args) -> Results:
         for method in METHODS:
             model = copy.deepcopy(dense)
             with costs.measure("prune (slice + bias)"):
-                prune_model(model, scores[method.scores], stats.means, widths, method.bias)
+                prune_model(model, scores[method.scores], stats.means, widths, "bias" if method.bias else "none")
             results.pruned[(method.key, kind, ratio)] = ppl(model)
             _log(f"{kind} {ratio:g} {method.key}: ppl {results.pruned[(method.key, kind, ratio)]:.2f}")
             if kind == "uniform" and ratio == args.ratios[0] and not args.no_quant:
