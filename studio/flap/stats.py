@@ -10,12 +10,14 @@ Two ways to run the decoder over the calibration data:
 - batched: whole-model forwards with a hook per layer, when the model fits on the device;
 - layerwise: the decoder stack one layer at a time on cached layer inputs, as GPTQ does, so only
   one decoder layer need be on the accelerator at once.
-Both give the same statistics.
+Both give the same statistics. The layer-by-layer walk (`walk_layers`) takes a per-layer visit, so
+the passes that prune while they calibrate (`studio.flap.layerwise`) reuse it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -115,6 +117,13 @@ def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]
         yield input_ids[start : start + batch_size]
 
 
+def check_calibration_batch(input_ids: torch.Tensor, batch_size: int) -> None:
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+
+
 @torch.no_grad()
 def collect_statistics(
     model,
@@ -130,16 +139,13 @@ def collect_statistics(
     `layerwise=True` keeps the model where it is (e.g. on the CPU) and moves one decoder layer at a
     time to `device`. Otherwise the model must already be on `device`.
     """
-    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    check_calibration_batch(input_ids, batch_size)
     layers = decoder_layers(model)
     moments = [ChannelMoments.empty(layer.mlp.down_proj.in_features) for layer in layers]
     handles = _down_proj_recorders(layers, moments)
     try:
         if layerwise:
-            _run_layerwise(model, input_ids, batch_size, device, progress, should_stop)
+            walk_layers(model, input_ids, batch_size, device, forward_layer, progress, should_stop)
         else:
             _run_batched(model, input_ids, batch_size, progress, should_stop)
     finally:
@@ -191,7 +197,47 @@ def _record_layer_calls(decoder, batch: torch.Tensor) -> list[list]:
     return [layer_calls[0] for layer_calls in calls]
 
 
-def _run_layerwise(model, input_ids, batch_size, device, progress, should_stop) -> None:
+@dataclass
+class LayerInputs:
+    """What one decoder layer is called with, per calibration batch: hidden states and the other arguments."""
+
+    hidden: list[torch.Tensor]
+    calls: list[tuple[tuple, dict]]
+    device: torch.device
+
+    def forward(self, layer: nn.Module) -> list[torch.Tensor]:
+        """`layer`'s output hidden states for every batch (the layer must be on `device`)."""
+        return [
+            layer(hidden, *_to(args, self.device), **_to(kwargs, self.device))
+            for hidden, (args, kwargs) in zip(self.hidden, self.calls)
+        ]
+
+
+# visit(index, layer, inputs) -> the hidden states the next layer receives.
+LayerVisit = Callable[[int, nn.Module, LayerInputs], list[torch.Tensor]]
+
+
+def forward_layer(_index: int, layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+    """The plain visit: run the layer, pass its outputs on."""
+    return inputs.forward(layer)
+
+
+def walk_layers(
+    model,
+    input_ids: torch.Tensor,
+    batch_size: int,
+    device,
+    visit: LayerVisit = forward_layer,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> None:
+    """Run the decoder stack one layer at a time over cached layer inputs, calling `visit` per layer.
+
+    Each layer visits `device` (where it already is, when the whole model is on the device) for its
+    visit only. What `visit` returns becomes the next layer's input, so a visit that prunes its
+    layer and returns the pruned layer's outputs calibrates the rest of the stack on the pruned
+    prefix.
+    """
     decoder = language_model_of(model)
     home = next(decoder.layers[0].parameters()).device
     device = torch.device(device) if device is not None else home
@@ -202,13 +248,21 @@ def _run_layerwise(model, input_ids, batch_size, device, progress, should_stop) 
     layers = decoder.layers
     for index, layer in enumerate(layers):
         check_stop(should_stop)
-        layer.to(device)
-        for b, calls in enumerate(per_batch):
-            _, args, kwargs = calls[index]
-            hidden[b] = layer(hidden[b], *_to(args, device), **_to(kwargs, device))
-        layer.to(home)
+        calls = [(calls[index][1], calls[index][2]) for calls in per_batch]
+        with _on_device(layer, device, home):
+            hidden = visit(index, layer, LayerInputs(hidden, calls, device))
         if progress:
             progress(index + 1, len(layers), "layers")
+
+
+@contextmanager
+def _on_device(layer: nn.Module, device: torch.device, home: torch.device) -> Iterator[nn.Module]:
+    """Hold `layer` on `device` for the duration, then send it (pruned or not) back `home`."""
+    layer.to(device)
+    try:
+        yield layer
+    finally:
+        layer.to(home)
 
 
 def _to(value, device):
