@@ -23,6 +23,7 @@ from studio.plots import (
     size_breakdown_figure,
     widths_figure,
 )
+from studio.ui.components import OpenDropdown
 from studio.ui.context import Shared, StudioContext
 
 FIGURES = ("scores", "widths", "gptq", "sizes", "quality", "comparison")
@@ -117,8 +118,8 @@ def job_choices(ctx: StudioContext):
 def create_ui(ctx: StudioContext, shared: Shared):
     """Build the tab; returns (refresh_choices, job, compare job) for the page-load wiring."""
     with gr.Row():
-        job_a = gr.Dropdown([], label="Job", elem_id="analysis-job", scale=3, allow_custom_value=True)
-        job_b = gr.Dropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3, allow_custom_value=True)
+        job_a = OpenDropdown([], label="Job", elem_id="analysis-job", scale=3)
+        job_b = OpenDropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3)
         refresh_button = gr.Button("Refresh list", scale=1)
         show_button = gr.Button("Show", variant="primary", elem_id="analysis-show", scale=1)
     status = gr.Markdown(elem_id="analysis-status")

@@ -21,6 +21,7 @@ import gradio as gr
 from studio.job_results import job_outputs
 from studio.jobs.client import cancel, job_store, submit
 from studio.ui import access
+from studio.ui.components import OpenDropdown
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES, STAGES
 from studio.jobs.store import FINAL_STATUSES, UnknownJob, describe
@@ -331,7 +332,7 @@ def create_ui(ctx: StudioContext, shared: Shared):
         with gr.Column(scale=3):
             listing = gr.HTML(elem_id="job-list")
         with gr.Column(scale=2):
-            selected = gr.Dropdown([], label="Selected job", elem_id="job-select", allow_custom_value=True)
+            selected = OpenDropdown([], label="Selected job", elem_id="job-select")
             cancel_button = gr.Button("Cancel selected job", variant="stop")
             cancel_message = gr.Markdown()
             links = gr.HTML(elem_id="job-results")

@@ -13,6 +13,7 @@ from studio.model_summary import attention_kinds, kv_roles, load_full_config, pa
 from studio.modeling import load_text_config, original_widths
 from studio.safety import studio_path
 from studio.ui import access
+from studio.ui.components import OpenDropdown
 from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, Shared, StudioContext
 
 
@@ -126,11 +127,10 @@ def create_ui(ctx: StudioContext, shared: Shared):
     )
     with gr.Row():
         with gr.Column(scale=2):
-            choice = gr.Dropdown(
+            choice = OpenDropdown(
                 ctx.model_choices(),
                 value=DEMO_MODEL,
                 label="Model",
-                allow_custom_value=True,
                 info="a choice, or type a local checkpoint folder",
                 elem_id="model-source",
             )

@@ -32,6 +32,7 @@ from studio.plan_table import (
     plan_totals,
 )
 from studio.plots import size_breakdown_figure, widths_figure
+from studio.ui.components import OpenDropdown
 from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, Shared, StudioContext, cached_plot
 from studio.ui.model_tab import layers_of_state, shapes_of_state, text_config_of_state
 
@@ -211,16 +212,19 @@ def preset_follows_plan(plan_state, ctx: StudioContext):
     if not plan_state:
         return gr.skip()
     name, files = plan_state["name"], preset_files(ctx)
+    choices = list(files)  # a preset saved since the page was built is listed too
     if name in files:
-        return gr.update(value=name, info="the table holds this preset")
+        return gr.update(choices=choices, value=name, info="the table holds this preset")
     base = edited_base_name(name)
     if base in files:
-        return gr.update(value=base, info=f"edited: the table is {base} with changes (save or download to keep them)")
-    return gr.update(value=None, info=f"the table holds {name!r}, which is not a saved preset")
+        return gr.update(choices=choices, value=base,
+                         info=f"edited: the table is {base} with changes (save or download to keep them)")
+    return gr.update(choices=choices, value=None, info=f"the table holds {name!r}, which is not a saved preset")
 
 
-def save_preset(name: str, plan_state, ctx: StudioContext) -> str:
-    """Save the plan under STUDIO_HOME/presets; the message says where, or why not."""
+def save_preset(name: str, plan_state, ctx: StudioContext):
+    """Save the plan under STUDIO_HOME/presets as `name`, which the loaded plan then is; the message
+    says where, or why not."""
     try:
         plan = _require_plan(plan_state)
         name = (name or "").strip()
@@ -229,19 +233,12 @@ def save_preset(name: str, plan_state, ctx: StudioContext) -> str:
                 f"preset name: letters, digits, '.', '_' or '-' (at most 64, no spaces), got {name!r}; nothing was saved"
             )
     except ValueError as err:
-        return warning(err)
+        return warning(err), gr.skip()
     plan.name = name
     path = presets_dir(ctx.home) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
-    return f"Saved preset {name} to {path}."
-
-
-def preset_list(name: str, ctx: StudioContext):
-    """The preset dropdown after a save: every preset, the saved one selected (if it was saved)."""
-    files = preset_files(ctx)
-    name = (name or "").strip()
-    return gr.update(choices=list(files), value=name) if name in files else gr.update(choices=list(files))
+    return f"Saved preset {name} to {path}.", {**plan_state, **plan_to_state(plan)}
 
 
 def download_preset(plan_state):
@@ -303,8 +300,9 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
 
 def create_ui(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
-        preset = gr.Dropdown(list(preset_files(ctx)), value=DEFAULT_DEMO_PRESET, label="Preset", scale=2,
-                             elem_id="plan-preset")
+        # Open: a preset saved later (by this session or another) is loadable by name.
+        preset = OpenDropdown(list(preset_files(ctx)), value=DEFAULT_DEMO_PRESET, label="Preset", scale=2,
+                              elem_id="plan-preset")
         load_button = gr.Button("Load preset", scale=1)
         upload = gr.UploadButton("Upload preset (.yaml)", file_types=[".yaml", ".yml"], scale=1)
         download = gr.DownloadButton("Download plan (.yaml)", scale=1)
@@ -370,9 +368,8 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
         suggest, [stats_path, target, max_ratio, shared.plan_state, shared.model_state],
         [table, shared.plan_state, suggest_message], api_name="suggest_plan",
     )
-    save_button.click(partial(save_preset, ctx=ctx), [save_name, shared.plan_state], save_message, api_name="save_preset").then(
-        partial(preset_list, ctx=ctx), save_name, preset, api_visibility="private"
-    )
+    save_button.click(partial(save_preset, ctx=ctx), [save_name, shared.plan_state], [save_message, shared.plan_state],
+                      api_name="save_preset")
     # Whatever changed the plan: the download button holds it as YAML, the preset dropdown names it,
     # and the estimate follows.
     shared.plan_state.change(download_preset, shared.plan_state, download, api_name="download_preset",
