@@ -35,7 +35,9 @@ COMPONENT_COLORS = {
     "other": "#6c757d",
 }
 MEASURED_COLOR = "#212529"
-AXIS_STYLE = dict(gridcolor="#e9ecef", zerolinecolor="#adb5bd", linecolor="#adb5bd")
+AXIS_STYLE = dict(gridcolor="#e9ecef", zerolinecolor="#adb5bd", linecolor="#adb5bd", automargin=True)
+# Below the plot: a legend of six layer kinds wraps into rows that would cover the title.
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
 
 
 def _layout_settings(title: str, xaxis: dict | None = None, yaxis: dict | None = None, **layout) -> dict:
@@ -190,7 +192,15 @@ def widths_figure(
                 "(%{customdata[1]:.1%} pruned)<extra></extra>",
             )
         )
-    return _figure(traces, title, xaxis=dict(title="layer"), yaxis=dict(title="FFN width (channels)"), barmode="overlay")
+    return _figure(
+        traces,
+        title,
+        xaxis=dict(title="layer", dtick=1 if len(layers) <= 16 else None),
+        yaxis=dict(title="FFN width (channels)"),
+        barmode="overlay",
+        legend=LEGEND_BELOW,
+        margin=dict(l=60, r=20, t=50, b=110),
+    )
 
 
 def compare_widths_figure(
@@ -287,10 +297,8 @@ def size_breakdown_figure(
                 name="measured files",
                 x=[STAGE_LABELS[s] for s in measured],
                 y=[v / scale for v in measured.values()],
-                mode="markers+text",
+                mode="markers",
                 marker=dict(symbol="diamond", size=12, color=MEASURED_COLOR),
-                text=[f"{v / scale:.4g} {unit} measured" for v in measured.values()],
-                textposition="middle right",
                 hovertemplate="%{x}: %{y:.3f} " + unit + " measured (weight files on disk)<extra></extra>",
             )
         )

@@ -56,8 +56,7 @@ def figures(data: dict) -> list:
     )
     gptq = gptq_loss_figure([SimpleNamespace(**r) for r in data["gptq"]]) if data["gptq"] else None
     sizes = (
-        size_breakdown_figure(data["sizes"], f"{name}: size by component (bars estimated, ◆ measured files)",
-                              measured=data["measured_bytes"])
+        size_breakdown_figure(data["sizes"], "Size by component: bars estimated, ◆ measured", measured=data["measured_bytes"])
         if data["sizes"]
         else None
     )
@@ -118,8 +117,9 @@ def job_choices(ctx: StudioContext):
 def create_ui(ctx: StudioContext, shared: Shared):
     """Build the tab; returns (refresh_choices, job, compare job) for the page-load wiring."""
     with gr.Row():
-        job_a = OpenDropdown([], label="Job", elem_id="analysis-job", scale=3)
-        job_b = OpenDropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3)
+        job_a = OpenDropdown([], label="Job", elem_id="analysis-job", scale=3, allow_custom_value=True)
+        job_b = OpenDropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3,
+                             allow_custom_value=True)
         refresh_button = gr.Button("Refresh list", scale=1)
         show_button = gr.Button("Show", variant="primary", elem_id="analysis-show", scale=1)
     status = gr.Markdown(elem_id="analysis-status")

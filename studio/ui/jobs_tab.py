@@ -32,6 +32,9 @@ POLL_SECONDS = 1.5
 LOG_LINES = 200  # lines shown after filtering
 LOG_READ_LINES = 20000  # lines read from the end of job.log before filtering (GPTQModel is chatty)
 CANCELLABLE = ("queued", "running")
+FOLLOW_LOG_JS = """() => { setTimeout(() => {
+    const log = document.querySelector('#job-log textarea'); if (log) log.scrollTop = log.scrollHeight;
+}, 100); }"""
 STATUS_COLORS = {
     "queued": "#6c757d",
     "running": "#219ebc",
@@ -204,7 +207,11 @@ def result_links(job_id: str, ctx: StudioContext) -> str:
         elif path.is_dir():
             files = sorted(p for p in path.iterdir() if p.is_file())
             inner = "".join(f"<li>{_file_link(p, p.name)}</li>" for p in files)
-            items.append(f"<li>{name} <code>{html.escape(str(path))}</code><ul>{inner}</ul></li>")
+            total = sum(p.stat().st_size for p in files) / 1e6
+            items.append(
+                f"<li><details><summary>{name}: {len(files)} files, {total:.1f} MB</summary>"
+                f"<code>{html.escape(str(path))}</code><ul>{inner}</ul></details></li>"
+            )
     if not items:
         return f"<p><code>{job_id}</code> has no results yet.</p>"
     return f"<p><b>Results of <code>{job_id}</code></b> (click to download):</p><ul class='job-results'>{''.join(items)}</ul>"
@@ -332,13 +339,16 @@ def create_ui(ctx: StudioContext, shared: Shared):
         with gr.Column(scale=3):
             listing = gr.HTML(elem_id="job-list")
         with gr.Column(scale=2):
-            selected = OpenDropdown([], label="Selected job", elem_id="job-select")
+            selected = OpenDropdown([], label="Selected job", elem_id="job-select", allow_custom_value=True)
             cancel_button = gr.Button("Cancel selected job", variant="stop")
             cancel_message = gr.Markdown()
             links = gr.HTML(elem_id="job-results")
     log = gr.Textbox(label="Log (follows its end)", lines=12, max_lines=18, autoscroll=True, interactive=False,
                      elem_id="job-log")
     full_log = gr.Checkbox(False, label="show the whole log (third-party output and warnings too)")
+    # Gradio's own autoscroll gives up when many lines arrive at once; the refresh sends the log only
+    # when it changed, so a finished job's log stays where the reader scrolled it.
+    log.change(None, None, None, js=FOLLOW_LOG_JS)
     last_job = gr.Textbox(visible=False)
     seen_done = gr.State(None)
     timer = gr.Timer(POLL_SECONDS)

@@ -131,6 +131,7 @@ def create_ui(ctx: StudioContext, shared: Shared):
                 ctx.model_choices(),
                 value=DEMO_MODEL,
                 label="Model",
+                allow_custom_value=True,
                 info="a choice, or type a local checkpoint folder",
                 elem_id="model-source",
             )

@@ -302,7 +302,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
         # Open: a preset saved later (by this session or another) is loadable by name.
         preset = OpenDropdown(list(preset_files(ctx)), value=DEFAULT_DEMO_PRESET, label="Preset", scale=2,
-                              elem_id="plan-preset")
+                              allow_custom_value=True, elem_id="plan-preset")
         load_button = gr.Button("Load preset", scale=1)
         upload = gr.UploadButton("Upload preset (.yaml)", file_types=[".yaml", ".yml"], scale=1)
         download = gr.DownloadButton("Download plan (.yaml)", scale=1)
