@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import os
 import signal
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
 
 
 def ensure_demo_model(home: Path) -> Path:
@@ -24,12 +29,25 @@ def ensure_demo_model(home: Path) -> Path:
     return path
 
 
-def main() -> None:
+def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ) -> argparse.Namespace:
+    """The command line; --host/--port default to Gradio's GRADIO_SERVER_NAME/GRADIO_SERVER_PORT."""
     parser = argparse.ArgumentParser(description="Start Gemma Lite Studio (Gradio) on the demo model.")
-    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    parser.add_argument("--host", help=f"address to bind (default: $GRADIO_SERVER_NAME, else {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, help=f"port (default: $GRADIO_SERVER_PORT, else {DEFAULT_PORT})")
     parser.add_argument("--no-worker", action="store_true", help="do not start a job worker (run `python -m studio worker` yourself)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.host is None:
+        args.host = environ.get("GRADIO_SERVER_NAME") or DEFAULT_HOST
+    if args.port is None:
+        port = environ.get("GRADIO_SERVER_PORT") or str(DEFAULT_PORT)
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            parser.error(f"GRADIO_SERVER_PORT: a port number from 1 to 65535, got {port!r}")
+        args.port = int(port)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
 
     from studio.paths import studio_home
     from studio.ui.app import launch

@@ -6,7 +6,10 @@ Without --url, starts `app.py` on a free port with STUDIO_HOME in a temporary fo
 Through gradio_client, on E4B's config with the card's preset, it times `edit_plan` (a ratio edit)
 followed by `estimate`, as the browser runs them, and prints the median and 90th percentile. It
 then prints the JSON size of each analysis figure for a synthetic 42 x 10240 model (random scores,
-the card's widths) beside the size of the raw scores.
+the card's widths) beside the size of the raw scores. Last, `--users` concurrent gradio_client
+sessions (each its own browser session with E4B and the card's preset loaded) call `estimate`
+`--calls` times each at once, and it prints the median and 95th percentile latency, the estimates
+per second and the errors.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -42,11 +47,9 @@ def start_app(home: Path) -> tuple[subprocess.Popen, str]:
 
 
 def edit_round_trips(url: str, edits: int) -> list[float]:
-    from gradio_client import Client
-
     from studio.ui.context import E4B_CONFIG_ONLY
 
-    client = Client(url, verbose=False)
+    client = client_for(url)
     client.predict(E4B_CONFIG_ONLY, api_name="/load_model")
     table, _ = client.predict("gemma4-lite-round2", api_name="/load_preset")
     seconds = []
@@ -55,15 +58,69 @@ def edit_round_trips(url: str, edits: int) -> list[float]:
         rows[4][4] = 0.1 if k % 2 == 0 else 0.2
         start = time.perf_counter()
         table, _ = client.predict({"headers": table["headers"], "data": rows}, api_name="/edit_plan")
-        client.predict(True, 4, 128, api_name="/estimate")
+        client.predict(True, "4", "128", api_name="/estimate")
         seconds.append(time.perf_counter() - start)
     return seconds
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """The nearest-rank q-quantile of already sorted values."""
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def client_for(url: str):
+    """A gradio_client session. `ssl_verify=False` on plain http: verification does nothing there,
+    but httpx loads the CA bundle for every request (~16 ms of CPU), which on a 2-core machine running
+    both ends was most of what the concurrent case measured."""
+    from gradio_client import Client
+
+    return Client(url, verbose=False, ssl_verify=not url.startswith("http://"))
+
+
+def card_session(url: str):
+    """A gradio_client session (its own server-side state) with E4B and the card's preset loaded."""
+    from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY
+
+    client = client_for(url)
+    client.predict(E4B_CONFIG_ONLY, api_name="/load_model")
+    client.predict(CARD_PRESET, api_name="/load_preset")
+    return client
+
+
+def concurrent_estimates(url: str, users: int, calls: int) -> tuple[list[float], int, float]:
+    """`users` sessions calling /estimate `calls` times each, all at once.
+
+    Returns (latencies in seconds, errors, wall seconds of the concurrent part).
+    """
+    with ThreadPoolExecutor(users) as pool:
+        clients = list(pool.map(lambda _: card_session(url), range(users)))
+    start_together = threading.Barrier(users)
+
+    def user(client) -> tuple[list[float], int]:
+        start_together.wait()
+        seconds, errors = [], 0
+        for k in range(calls):
+            start = time.perf_counter()
+            try:
+                client.predict(True, "4", "128" if k % 2 == 0 else "64", api_name="/estimate")
+            except Exception:  # noqa: BLE001 - counted and reported, the run goes on
+                errors += 1
+            seconds.append(time.perf_counter() - start)
+        return seconds, errors
+
+    wall = time.perf_counter()
+    with ThreadPoolExecutor(users) as pool:
+        results = list(pool.map(user, clients))
+    wall = time.perf_counter() - wall
+    for client in clients:
+        client.close()
+    return sorted(s for seconds, _ in results for s in seconds), sum(e for _, e in results), wall
 
 
 def synthetic_payloads() -> dict[str, int]:
     import torch
 
-    from studio.model_summary import estimate_sizes, parameter_shapes
+    from studio.model_summary import estimate_sizes, kv_roles, parameter_shapes
     from studio.modeling import load_text_config, original_widths
     from studio.plan import find_preset, load_plan
     from studio.plots import (
@@ -86,7 +143,7 @@ def synthetic_payloads() -> dict[str, int]:
     estimate = estimate_sizes(parameter_shapes(REFERENCE_CONFIG), plan.widths, plan.original)
     figures = {
         "scores": score_distribution_figure(score_summary(scores, plan.widths)),
-        "widths": widths_figure(plan.widths, original_widths(config), kinds, [i >= 24 for i in range(42)]),
+        "widths": widths_figure(plan.widths, original_widths(config), kinds, kv_roles(config)),
         "gptq": gptq_loss_figure(records),
         "sizes": size_breakdown_figure(estimate.bytes),
     }
@@ -99,6 +156,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--url", help="a running studio (default: start one)")
     parser.add_argument("--edits", type=int, default=20, help="edit round trips to time (default: 20)")
+    parser.add_argument("--users", type=int, default=24, help="concurrent sessions calling /estimate (default: 24)")
+    parser.add_argument("--calls", type=int, default=10, help="estimates per concurrent session (default: 10)")
     args = parser.parse_args()
 
     print("plot payloads, 42 x 10240 model (bytes of figure JSON):")
@@ -112,13 +171,17 @@ def main() -> None:
             process, url = start_app(Path(home))
         try:
             seconds = sorted(edit_round_trips(url, args.edits))
+            concurrent, errors, wall = concurrent_estimates(url, args.users, args.calls) if args.users else ([], 0, 0.0)
         finally:
             if process is not None:
                 process.send_signal(signal.SIGTERM)
                 process.wait(60)
-    p90 = seconds[min(len(seconds) - 1, int(0.9 * len(seconds)))]
     print(f"table edit -> estimate round trip over {len(seconds)} edits (E4B, card preset): "
-          f"median {statistics.median(seconds) * 1000:.0f} ms, p90 {p90 * 1000:.0f} ms")
+          f"median {statistics.median(seconds) * 1000:.0f} ms, p90 {percentile(seconds, 0.9) * 1000:.0f} ms")
+    if concurrent:
+        print(f"/estimate with {args.users} concurrent users x {args.calls} calls: "
+              f"median {statistics.median(concurrent) * 1000:.0f} ms, p95 {percentile(concurrent, 0.95) * 1000:.0f} ms, "
+              f"{len(concurrent) / wall:.1f} estimates/s, {errors} errors")
 
 
 if __name__ == "__main__":

@@ -119,6 +119,7 @@ def analysis_summary(job_dir: str | Path, spec) -> dict:
         "original": original,
         "widths": widths,
         "attention": attention_kinds(text_config),
+        "kv_roles": kv_roles(text_config),
         "kv_shared": [role == "shared" for role in kv_roles(text_config)],
         "scores": None,
         "gptq": None,
@@ -141,7 +142,10 @@ def analysis_summary(job_dir: str | Path, spec) -> dict:
     if widths is not None:
         quant = spec.quantize
         settings = QuantSettings(
-            enabled=quant is not None, bits=quant.bits if quant else 4, group_size=quant.group_size if quant else 128
+            enabled=quant is not None,
+            bits=quant.bits if quant else 4,
+            group_size=quant.group_size if quant else 128,
+            dtype_bytes=4 if spec.dtype == "float32" else 2,  # what the job saves unquantized tensors in
         )
         data["sizes"] = estimate_sizes(parameter_shapes(spec.model), widths, original, settings).bytes
         if quant is None:

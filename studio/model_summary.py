@@ -204,10 +204,18 @@ def attention_kinds(text_config) -> list[str]:
     return [("full" if t == "full_attention" else "sliding") for t in text_config.layer_types]
 
 
+# What each KV role of `kv_roles` means (the plan table's legend and the width chart's).
+KV_ROLES = {
+    "own": "computes its own keys and values",
+    "stores": "computes its keys and values and keeps them for the KV-shared tail",
+    "shared": "reuses an earlier layer's keys and values (no KV projections of its own)",
+}
+
+
 def kv_roles(text_config) -> list[str]:
-    """Per layer: 'shared' (reuses an earlier layer's KV), 'stores' (provides it) or ''."""
+    """Per layer, one of `KV_ROLES`: 'shared', 'stores' or 'own'."""
     modes = getattr(text_config, "kv_sharing_modes", None) or [None] * text_config.num_hidden_layers
-    return ["shared" if m == "reuse" else "stores" if m == "store" else "" for m in modes]
+    return ["shared" if m == "reuse" else "stores" if m == "store" else "own" for m in modes]
 
 
 def structure_summary(text_config, shapes: dict[str, tuple[int, ...]]) -> dict:

@@ -35,7 +35,11 @@ def ratio_rule() -> str:
 
 def plan_rows(plan: PruningPlan, text_config) -> list[list]:
     """The table rows of `plan` for the model of `text_config`."""
-    kinds, roles = attention_kinds(text_config), kv_roles(text_config)
+    return plan_rows_from(plan, attention_kinds(text_config), kv_roles(text_config))
+
+
+def plan_rows_from(plan: PruningPlan, kinds: list[str], roles: list[str]) -> list[list]:
+    """The table rows of `plan`, given each layer's attention kind and KV role."""
     return [
         [i, kinds[i], roles[i], original, round(1 - width / original, RATIO_DECIMALS), width, lock]
         for i, (original, width, lock) in enumerate(zip(plan.original, plan.widths, plan.locks))
@@ -148,12 +152,31 @@ def apply_edit(plan: PruningPlan, rows: list[list]) -> EditResult:
         name=plan.name if not changed else _edited_name(plan.name),
         description=plan.description,
     )
+    if changed:
+        new_plan.description = edited_description(new_plan)
     new_plan.validate()
     return EditResult(new_plan, True, "; ".join(changed) if changed else "no change")
 
 
+EDITED_SUFFIX = "-edited"
+
+
 def _edited_name(name: str) -> str:
-    return name if name.endswith("-edited") else f"{name}-edited"
+    return name if name.endswith(EDITED_SUFFIX) else f"{name}{EDITED_SUFFIX}"
+
+
+def edited_base_name(name: str) -> str:
+    """The plan an edited plan started from ('uniform-20' for 'uniform-20-edited')."""
+    return name.removesuffix(EDITED_SUFFIX)
+
+
+def edited_description(plan: PruningPlan) -> str:
+    """What an edited plan now is (the preset's own description would keep its old percentage)."""
+    t = plan_totals(plan)
+    return (
+        f"{edited_base_name(plan.name)} edited in the studio: {t['ffn_removed']:.1%} of FFN channels pruned "
+        f"({t['channels_after']:,} of {t['channels_before']:,} kept), {t['layers_pruned']} of {len(plan.widths)} layers pruned"
+    )
 
 
 def plan_totals(plan: PruningPlan) -> dict:

@@ -16,13 +16,13 @@ import plotly.graph_objects as go
 KEPT_COLOR = "#2a9d8f"
 PRUNED_COLOR = "#e76f51"
 THRESHOLD_COLOR = "#264653"
-# Bar colours of kept widths: attention type x KV sharing.
-LAYER_COLORS = {
-    ("sliding", False): "#8ecae6",
-    ("full", False): "#219ebc",
-    ("sliding", True): "#ffb703",
-    ("full", True): "#fb8500",
-}
+# Kept-width bars: the colour is the attention type, the fill pattern the KV role
+# (`studio.model_summary.kv_roles`).
+ATTENTION_COLORS = {"sliding": "#219ebc", "full": "#fb8500"}
+KV_PATTERNS = {"own": "", "stores": ".", "shared": "/"}
+KV_LEGEND = {"own": "own KV", "stores": "stores KV for the tail", "shared": "reuses KV"}
+BAR_WIDTH = 0.8  # in layers: every bar is one layer wide, whatever the layers around it
+JOB_COLORS = ("#219ebc", "#fb8500")  # the two jobs of a comparison
 STAGE_LABELS = {"original": "original", "pruned": "pruned", "quantized": "pruned + GPTQ"}
 COMPONENT_COLORS = {
     "embeddings": "#6d597a",
@@ -34,17 +34,37 @@ COMPONENT_COLORS = {
     "audio tower": "#f4a261",
     "other": "#6c757d",
 }
+MEASURED_COLOR = "#212529"
+AXIS_STYLE = dict(gridcolor="#e9ecef", zerolinecolor="#adb5bd", linecolor="#adb5bd", automargin=True)
+# Below the plot: a legend of six layer kinds wraps into rows that would cover the title.
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
 
 
-def _layout(fig: go.Figure, title: str, **axes) -> go.Figure:
-    fig.update_layout(
+def _layout_settings(title: str, xaxis: dict | None = None, yaxis: dict | None = None, **layout) -> dict:
+    """Title, margins, legend and light axes; an empty template.
+
+    plotly.py deep-copies its default template into every new figure, which was most of a figure's
+    build time (~10 ms) and ~6 KB of its JSON; plotly.js's own look with a light grid suffices.
+    """
+    settings = dict(
+        template={},
         title=title,
-        template="plotly_white",
+        plot_bgcolor="white",
+        paper_bgcolor="white",
         margin=dict(l=60, r=20, t=50, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
-        **axes,
     )
-    return fig
+    settings.update(layout)
+    if xaxis is not None:
+        settings["xaxis"] = {**AXIS_STYLE, **xaxis}
+    if yaxis is not None:
+        settings["yaxis"] = {**AXIS_STYLE, **yaxis}
+    return settings
+
+
+def _figure(traces: list, title: str, xaxis: dict | None = None, yaxis: dict | None = None, **layout) -> go.Figure:
+    """The figure built in one go (every later `add_trace` or `update_layout` costs milliseconds)."""
+    return go.Figure(data=traces, layout=_layout_settings(title, xaxis, yaxis, **layout))
 
 
 # -- score distribution ------------------------------------------------------------------------
@@ -106,76 +126,99 @@ def _box_trace(summary: list[dict], part: str, color: str, offset: str) -> go.Bo
 
 def score_distribution_figure(summary: list[dict], title: str = "FLAP fluctuation scores per layer") -> go.Figure:
     """Box per layer of kept and pruned channels' standardised scores, with each layer's threshold."""
-    fig = go.Figure()
-    fig.add_trace(_box_trace(summary, "kept", KEPT_COLOR, "kept"))
-    fig.add_trace(_box_trace(summary, "pruned", PRUNED_COLOR, "pruned"))
     cut = [s for s in summary if s["threshold"] is not None]
-    fig.add_trace(
-        go.Scatter(
-            name="threshold (lowest kept)",
-            x=[s["layer"] for s in cut],
-            y=[s["threshold"] for s in cut],
-            mode="markers",
-            marker=dict(symbol="line-ew-open", size=18, color=THRESHOLD_COLOR, line=dict(width=2)),
-            customdata=[[s["pruned_channels"], s["channels"]] for s in cut],
-            hovertemplate="layer %{x}: threshold %{y:.3f}<br>%{customdata[0]} of %{customdata[1]} pruned<extra></extra>",
-        )
+    threshold = go.Scatter(
+        name="threshold (lowest kept)",
+        x=[s["layer"] for s in cut],
+        y=[s["threshold"] for s in cut],
+        mode="markers",
+        marker=dict(symbol="line-ew-open", size=18, color=THRESHOLD_COLOR, line=dict(width=2)),
+        customdata=[[s["pruned_channels"], s["channels"]] for s in cut],
+        hovertemplate="layer %{x}: threshold %{y:.3f}<br>%{customdata[0]} of %{customdata[1]} pruned<extra></extra>",
     )
-    fig.update_layout(boxmode="group")
-    return _layout(fig, title, xaxis_title="layer", yaxis_title="score (per-layer z-score)")
+    traces = [_box_trace(summary, "kept", KEPT_COLOR, "kept"), _box_trace(summary, "pruned", PRUNED_COLOR, "pruned"), threshold]
+    return _figure(traces, title, xaxis=dict(title="layer"), yaxis=dict(title="score (per-layer z-score)"), boxmode="group")
 
 
 # -- widths ------------------------------------------------------------------------------------
+
+
+def _layer_groups(kinds: Sequence[str], roles: Sequence[str]) -> list[tuple[str, str, list[int]]]:
+    """(attention kind, KV role, layers) for every combination present, in a fixed order."""
+    groups = []
+    for kind in ATTENTION_COLORS:
+        for role in KV_PATTERNS:
+            layers = [i for i, (k, r) in enumerate(zip(kinds, roles)) if k == kind and r == role]
+            if layers:
+                groups.append((kind, role, layers))
+    return groups
 
 
 def widths_figure(
     widths: Sequence[int],
     original: Sequence[int],
     kinds: Sequence[str],
-    kv_shared: Sequence[bool],
+    roles: Sequence[str],
     title: str = "Kept FFN width per layer",
 ) -> go.Figure:
-    """Kept width per layer over the original width, coloured by attention type and KV sharing."""
-    fig = go.Figure()
+    """Kept width per layer over the original width: colour = attention type, pattern = KV role.
+
+    `roles` are `studio.model_summary.kv_roles` values ('own', 'stores', 'shared').
+    """
+    unknown = sorted({r for r in roles if r not in KV_PATTERNS} | {k for k in kinds if k not in ATTENTION_COLORS})
+    if unknown:
+        raise ValueError(f"widths figure: unknown attention kinds or KV roles {unknown}")
     layers = list(range(len(widths)))
-    fig.add_trace(
+    traces = [
         go.Bar(
-            name="original",
+            name="original width",
             x=layers,
             y=list(original),
+            width=BAR_WIDTH,
             marker=dict(color="rgba(0,0,0,0)", line=dict(color="#6c757d", width=1)),
             hoverinfo="skip",
         )
-    )
-    for (kind, shared), color in LAYER_COLORS.items():
-        picked = [i for i in layers if kinds[i] == kind and bool(kv_shared[i]) == shared]
-        if not picked:
-            continue
-        fig.add_trace(
+    ]
+    for kind, role, picked in _layer_groups(kinds, roles):
+        traces.append(
             go.Bar(
-                name=f"{kind}{' · KV-shared' if shared else ''}",
+                name=f"{kind} · {KV_LEGEND[role]}",
                 x=picked,
                 y=[widths[i] for i in picked],
-                marker_color=color,
+                width=BAR_WIDTH,
+                marker=dict(color=ATTENTION_COLORS[kind], pattern=dict(shape=KV_PATTERNS[role], solidity=0.4)),
                 customdata=[[original[i], 1 - widths[i] / original[i]] for i in picked],
-                hovertemplate="layer %{x}: %{y} of %{customdata[0]} (%{customdata[1]:.0%} pruned)<extra></extra>",
+                hovertemplate=f"layer %{{x}} ({kind}, {KV_LEGEND[role]}): %{{y}} of %{{customdata[0]}} "
+                "(%{customdata[1]:.1%} pruned)<extra></extra>",
             )
         )
-    fig.update_layout(barmode="overlay")
-    return _layout(fig, title, xaxis_title="layer", yaxis_title="FFN width (channels)")
+    return _figure(
+        traces,
+        title,
+        xaxis=dict(title="layer", dtick=1 if len(layers) <= 16 else None),
+        yaxis=dict(title="FFN width (channels)"),
+        barmode="overlay",
+        legend=LEGEND_BELOW,
+        margin=dict(l=60, r=20, t=50, b=110),
+    )
 
 
 def compare_widths_figure(
     a: Sequence[int], b: Sequence[int], original: Sequence[int], names: tuple[str, str]
 ) -> go.Figure:
     """Two plans' kept widths side by side per layer."""
-    fig = go.Figure()
+    return _figure(_width_comparison(a, b, original, names), "Kept FFN width: comparison",
+                   xaxis=dict(title="layer"), yaxis=dict(title="FFN width (channels)"), barmode="group")
+
+
+def _width_comparison(a, b, original, names) -> list:
     layers = list(range(len(original)))
-    fig.add_trace(go.Scatter(name="original", x=layers, y=list(original), mode="lines", line=dict(color="#adb5bd")))
-    fig.add_trace(go.Bar(name=names[0], x=layers, y=list(a), marker_color="#219ebc"))
-    fig.add_trace(go.Bar(name=names[1], x=layers, y=list(b), marker_color="#fb8500"))
-    fig.update_layout(barmode="group")
-    return _layout(fig, "Kept FFN width: comparison", xaxis_title="layer", yaxis_title="FFN width (channels)")
+    traces = [go.Scatter(name="original width", x=layers, y=list(original), mode="lines",
+                         line=dict(color="#adb5bd"), legendgroup="original")]
+    for name, widths, color in zip(names, (a, b), JOB_COLORS):
+        traces.append(go.Bar(name=name, x=layers, y=list(widths), marker_color=color, legendgroup=name,
+                             hovertemplate=f"{name}: layer %{{x}} keeps %{{y}}<extra></extra>"))
+    return traces
 
 
 # -- GPTQ --------------------------------------------------------------------------------------
@@ -190,74 +233,238 @@ def gptq_loss_figure(records: Sequence, title: str = "GPTQ loss per layer and mo
         [math.log10(grid[(layer, m)]) if grid.get((layer, m), 0) > 0 else None for layer in layers] for m in modules
     ]
     raw = [[grid.get((layer, m)) for layer in layers] for m in modules]
-    fig = go.Figure(
-        go.Heatmap(
-            x=layers,
-            y=modules,
-            z=z,
-            customdata=raw,
-            colorscale="Viridis",
-            colorbar=dict(title="log10 loss"),
-            hovertemplate="layer %{x} %{y}<br>loss %{customdata:.3e}<extra></extra>",
-        )
+    heatmap = go.Heatmap(
+        x=layers,
+        y=modules,
+        z=z,
+        customdata=raw,
+        colorscale="Viridis",
+        colorbar=dict(title="log10 loss"),
+        hovertemplate="layer %{x} %{y}<br>loss %{customdata:.3e}<extra></extra>",
     )
-    return _layout(fig, title, xaxis_title="layer", yaxis_title="module")
+    return _figure([heatmap], title, xaxis=dict(title="layer"), yaxis=dict(title="module"))
 
 
 # -- sizes and quality -------------------------------------------------------------------------
 
 
-def size_breakdown_figure(bytes_by_stage: dict[str, dict[str, int]], title: str = "Checkpoint size by component") -> go.Figure:
-    """Stacked bars: original -> pruned -> quantized, one segment per component (GB, or MB when small)."""
+def _size_unit(largest: float) -> tuple[str, float]:
+    return ("GB", 1e9) if largest >= 1e9 else ("MB", 1e6)
+
+
+def size_breakdown_figure(
+    bytes_by_stage: dict[str, dict[str, int]],
+    title: str = "Checkpoint size by component (estimated from the config)",
+    measured: dict[str, int | None] | None = None,
+) -> go.Figure:
+    """Stacked bars of the estimate, original -> pruned -> quantized, one segment per component.
+
+    `measured` (stage -> bytes of the checkpoint's weight files) adds a marker per stage, so what
+    was estimated and what was written are told apart.
+    """
     stages = [s for s in STAGE_LABELS if s in bytes_by_stage]
     components = []
     for stage in stages:
         components += [c for c in bytes_by_stage[stage] if c not in components]
-    largest = max((sum(bytes_by_stage[s].values()) for s in stages), default=0)
-    unit, scale = ("GB", 1e9) if largest >= 1e9 else ("MB", 1e6)
-    fig = go.Figure()
-    for component in components:
-        fig.add_trace(
-            go.Bar(
-                name=component,
-                x=[STAGE_LABELS[s] for s in stages],
-                y=[round(bytes_by_stage[s].get(component, 0) / scale, 4) for s in stages],
-                marker_color=COMPONENT_COLORS.get(component),
-                hovertemplate="%{x}: " + component + " %{y:.3f} " + unit + "<extra></extra>",
-            )
+    measured = {s: v for s, v in (measured or {}).items() if v and s in STAGE_LABELS}
+    largest = max([sum(bytes_by_stage[s].values()) for s in stages] + list(measured.values()), default=0)
+    unit, scale = _size_unit(largest)
+    traces = [
+        go.Bar(
+            name=component,
+            x=[STAGE_LABELS[s] for s in stages],
+            y=[round(bytes_by_stage[s].get(component, 0) / scale, 4) for s in stages],
+            marker_color=COMPONENT_COLORS.get(component),
+            hovertemplate="%{x}: " + component + " %{y:.3f} " + unit + " (estimated)<extra></extra>",
         )
+        for component in components
+    ]
     totals = [sum(bytes_by_stage[s].values()) / scale for s in stages]
-    fig.add_trace(
+    traces.append(
         go.Scatter(
             x=[STAGE_LABELS[s] for s in stages],
             y=totals,
             mode="text",
-            text=[f"{t:.4g} {unit}" for t in totals],
+            text=[f"{t:.4g} {unit} est." for t in totals],
             textposition="top center",
             showlegend=False,
             hoverinfo="skip",
         )
     )
-    fig.update_layout(barmode="stack")
-    _layout(fig, title, yaxis_title=f"{unit} (10^{9 if unit == 'GB' else 6} bytes)")
-    fig.update_layout(legend=dict(orientation="v", y=1, yanchor="top", x=1.02, xanchor="left"))
-    return fig
+    if measured:
+        traces.append(
+            go.Scatter(
+                name="measured files",
+                x=[STAGE_LABELS[s] for s in measured],
+                y=[v / scale for v in measured.values()],
+                mode="markers",
+                marker=dict(symbol="diamond", size=12, color=MEASURED_COLOR),
+                hovertemplate="%{x}: %{y:.3f} " + unit + " measured (weight files on disk)<extra></extra>",
+            )
+        )
+    return _figure(
+        traces,
+        title,
+        xaxis={},
+        yaxis=dict(title=f"{unit} (10^{9 if unit == 'GB' else 6} bytes)"),
+        barmode="stack",
+        legend=dict(orientation="v", y=1, yanchor="top", x=1.02, xanchor="left"),
+    )
+
+
+QUALITY_MODELS = ("base", "pruned", "compressed")
+
+
+def _quality_bars(perplexities: dict[str, float | None], name: str | None = None, color: str = "#219ebc"):
+    """A bar per compressed model: its perplexity minus the base's (absolute values in the hover).
+
+    Without a base value the bars are absolute perplexities (the caller zooms the axis).
+    """
+    base = perplexities.get("base")
+    models = [m for m in perplexities if m != "base"] if base is not None else list(perplexities)
+    values = [perplexities[m] for m in models]
+    if base is not None:
+        y = [v - base if v is not None else 0 for v in values]
+        text = [f"{v - base:+.4g} ({(v - base) / base:+.2%})" if v is not None else "not evaluated" for v in values]
+        hover = [
+            f"{m}: perplexity {v:.4f} (base {base:.4f}, {v - base:+.4f})" if v is not None else f"{m}: not evaluated"
+            for m, v in zip(models, values)
+        ]
+    else:
+        y = [v if v is not None else 0 for v in values]
+        text = [f"{v:.4g}" if v is not None else "not evaluated" for v in values]
+        hover = [f"{m}: perplexity {v:.4f}" if v is not None else f"{m}: not evaluated" for m, v in zip(models, values)]
+    return go.Bar(
+        name=name or ("perplexity − base" if base is not None else "perplexity"),
+        x=models,
+        y=y,
+        text=text,
+        textposition="outside",
+        cliponaxis=False,
+        hovertext=hover,
+        hoverinfo="text",
+        marker_color=[color if v is not None else "#dee2e6" for v in values],
+        showlegend=name is not None,
+    )
+
+
+def _absolute_range(perplexities: list[dict[str, float | None]]) -> list[float] | None:
+    """A y range around measured perplexities (not from 0, where 2088 and 2103 look the same)."""
+    values = [v for p in perplexities for v in p.values() if v is not None]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.25, abs(high) * 0.005, 1e-6)
+    return [low - pad, high + pad]
 
 
 def quality_figure(perplexities: dict[str, float | None], title: str = "Perplexity (lower is better)") -> go.Figure:
-    """Bars of the perplexities measured so far (base / pruned / compressed); missing ones are noted."""
-    names = list(perplexities)
-    values = [perplexities[n] for n in names]
-    fig = go.Figure(
-        go.Bar(
-            x=names,
-            y=[v if v is not None else 0 for v in values],
-            text=[f"{v:.3f}" if v is not None else "not evaluated" for v in values],
-            textposition="outside",
-            marker_color=["#219ebc" if v is not None else "#dee2e6" for v in values],
-        )
+    """Perplexity of the pruned and compressed models as differences from the base model.
+
+    The axis spans the differences, so a 0.7% change is visible; absolute values are in the hover
+    and the title. Without a base perplexity the bars are absolute on an axis around the values.
+    """
+    bars = [_quality_bars(perplexities)]
+    base = perplexities.get("base")
+    if base is not None:
+        title = f"{title}: change from the base model (base {base:.4g})"
+        return _figure(bars, title, xaxis={}, yaxis=dict(title="perplexity − base perplexity", zeroline=True, zerolinewidth=2))
+    return _figure(bars, title, xaxis={}, yaxis=dict(title="perplexity", range=_absolute_range([perplexities])))
+
+
+def _mean_log_loss(records: Sequence[dict]) -> tuple[list[int], list[float]]:
+    """Per layer, the mean log10 GPTQ loss over its modules (positive losses only)."""
+    by_layer: dict[int, list[float]] = {}
+    for r in records:
+        if r["loss"] and r["loss"] > 0:
+            by_layer.setdefault(int(r["layer"]), []).append(math.log10(r["loss"]))
+    layers = sorted(by_layer)
+    return layers, [sum(by_layer[i]) / len(by_layer[i]) for i in layers]
+
+
+def compare_jobs_figure(a: dict, b: dict) -> go.Figure:
+    """Two jobs side by side: kept widths, checkpoint sizes, quality and GPTQ loss.
+
+    `a` and `b` are job summaries as `studio.job_results.analysis_summary` returns them (keys
+    output, original, widths, sizes, measured_bytes, perplexity, gptq; any may be None).
+    Panels whose data neither job has say so instead of staying blank.
+    """
+    from plotly.subplots import make_subplots
+
+    names = (a["output"], b["output"]) if a["output"] != b["output"] else (f"{a['output']} (A)", f"{b['output']} (B)")
+    fig = make_subplots(
+        rows=2,
+        cols=2,
+        subplot_titles=(
+            "kept FFN width per layer",
+            "checkpoint size (bars estimated, ◆ measured)",
+            "perplexity − base (lower is better)",
+            "GPTQ loss per layer (mean log10 over modules)",
+        ),
+        vertical_spacing=0.16,
+        horizontal_spacing=0.1,
+        figure=go.Figure(layout={"template": {}}),
     )
-    return _layout(fig, title, yaxis_title="perplexity")
+    jobs = list(zip(names, (a, b), JOB_COLORS))
+
+    if a["widths"] and b["widths"] and len(a["widths"]) == len(b["widths"]):
+        for trace in _width_comparison(a["widths"], b["widths"], a["original"], names):
+            fig.add_trace(trace, row=1, col=1)
+    else:
+        _note(fig, "widths: both jobs need a finished prune stage of the same model", 1, 1)
+
+    sizes_shown = False
+    for name, job, color in jobs:
+        if job["sizes"]:
+            stages = [s for s in STAGE_LABELS if s in job["sizes"]]
+            fig.add_trace(go.Bar(name=name, x=[STAGE_LABELS[s] for s in stages], legendgroup=name, showlegend=False,
+                                 y=[sum(job["sizes"][s].values()) / 1e6 for s in stages], marker_color=color,
+                                 hovertemplate=f"{name}: %{{x}} %{{y:.2f}} MB estimated<extra></extra>"), row=1, col=2)
+            measured = {s: v for s, v in (job.get("measured_bytes") or {}).items() if v}
+            if measured:
+                fig.add_trace(go.Scatter(name=f"{name} measured", x=[STAGE_LABELS[s] for s in measured],
+                                         y=[v / 1e6 for v in measured.values()], mode="markers", legendgroup=name,
+                                         showlegend=False, marker=dict(symbol="diamond", size=11, color=color,
+                                                                       line=dict(color=MEASURED_COLOR, width=1)),
+                                         hovertemplate=f"{name}: %{{x}} %{{y:.2f}} MB measured<extra></extra>"),
+                              row=1, col=2)
+            sizes_shown = True
+    if sizes_shown:
+        fig.update_yaxes(title_text="MB", row=1, col=2)
+    else:
+        _note(fig, "sizes: neither job has a pruned model yet", 1, 2)
+
+    quality = [(name, job["perplexity"], color) for name, job, color in jobs if job["perplexity"]]
+    for name, ppl, color in quality:
+        bar = _quality_bars(ppl, name=name, color=color)
+        bar.showlegend, bar.legendgroup = False, name
+        fig.add_trace(bar, row=2, col=1)
+    if not quality:
+        _note(fig, "quality: neither job evaluated perplexity", 2, 1)
+    elif any(ppl.get("base") is None for _, ppl, _ in quality):
+        fig.update_yaxes(range=_absolute_range([ppl for _, ppl, _ in quality]), row=2, col=1)
+
+    losses = [(name, _mean_log_loss(job["gptq"]), color) for name, job, color in jobs if job["gptq"]]
+    for name, (layers, mean), color in losses:
+        fig.add_trace(go.Scatter(name=f"{name} GPTQ", x=layers, y=mean, mode="lines+markers", legendgroup=name,
+                                 showlegend=False, line=dict(color=color),
+                                 hovertemplate=f"{name}: layer %{{x}} mean log10 loss %{{y:.3f}}<extra></extra>"),
+                      row=2, col=2)
+    if not losses:
+        _note(fig, "GPTQ: neither job quantized", 2, 2)
+
+    fig.update_xaxes(**AXIS_STYLE)
+    fig.update_yaxes(**AXIS_STYLE)
+    return fig.update_layout(
+        _layout_settings(f"{names[0]} vs {names[1]}", barmode="group", height=720, margin=dict(l=60, r=20, t=90, b=50))
+    )
+
+
+def _note(fig: go.Figure, text: str, row: int, col: int) -> None:
+    """A panel with nothing to draw says why, instead of showing empty axes."""
+    fig.add_trace(go.Scatter(x=[0], y=[0], mode="text", text=[text], showlegend=False, hoverinfo="skip"), row=row, col=col)
+    fig.update_xaxes(visible=False, row=row, col=col)
+    fig.update_yaxes(visible=False, row=row, col=col)
 
 
 def figure_payload_bytes(fig: go.Figure) -> int:

@@ -1,4 +1,8 @@
-"""Analysis tab: scores, widths, GPTQ loss, sizes and quality of a job, and two jobs compared."""
+"""Analysis tab: scores, widths, GPTQ loss, sizes and quality of a job, and two jobs compared.
+
+A figure with nothing to show is hidden rather than left as an empty box; the status line says
+which results are missing and why (not run by the job, or not finished yet).
+"""
 
 from __future__ import annotations
 
@@ -10,16 +14,19 @@ import gradio as gr
 
 from studio.job_results import analysis_summary
 from studio.jobs.client import job_store
-from studio.jobs.store import UnknownJob
+from studio.jobs.store import FINAL_STATUSES, UnknownJob
 from studio.plots import (
-    compare_widths_figure,
+    compare_jobs_figure,
     gptq_loss_figure,
     quality_figure,
     score_distribution_figure,
     size_breakdown_figure,
     widths_figure,
 )
+from studio.ui.components import OpenDropdown
 from studio.ui.context import Shared, StudioContext
+
+FIGURES = ("scores", "widths", "gptq", "sizes", "quality", "comparison")
 
 
 def job_data(job_id: str, ctx: StudioContext) -> dict:
@@ -28,8 +35,14 @@ def job_data(job_id: str, ctx: StudioContext) -> dict:
     try:
         spec = store.spec(job_id)
     except (UnknownJob, FileNotFoundError) as err:
-        raise gr.Error(f"job: no job {job_id!r}") from err
-    return {"id": job_id, "status": store.get(job_id)["status"], **analysis_summary(store.job_dir(job_id), spec)}
+        raise ValueError(f"job: no job {job_id!r}") from err
+    return {
+        "id": job_id,
+        "status": store.get(job_id)["status"],
+        # What the job asked for, so a missing result can say "not run" rather than "not yet".
+        "asked": {"gptq": spec.quantize is not None, "perplexity": spec.evaluate is not None},
+        **analysis_summary(store.job_dir(job_id), spec),
+    }
 
 
 def figures(data: dict) -> list:
@@ -37,40 +50,63 @@ def figures(data: dict) -> list:
     name = data["output"]
     scores = score_distribution_figure(data["scores"]["layers"], f"{name}: FLAP {data['scores']['metric']} scores per layer") if data["scores"] else None
     widths = (
-        widths_figure(data["widths"], data["original"], data["attention"], data["kv_shared"], f"{name}: kept FFN width")
+        widths_figure(data["widths"], data["original"], data["attention"], data["kv_roles"], f"{name}: kept FFN width")
         if data["widths"]
         else None
     )
     gptq = gptq_loss_figure([SimpleNamespace(**r) for r in data["gptq"]]) if data["gptq"] else None
-    sizes = size_breakdown_figure(data["sizes"], f"{name}: estimated size by component") if data["sizes"] else None
+    sizes = (
+        size_breakdown_figure(data["sizes"], "Size by component: bars estimated, ◆ measured", measured=data["measured_bytes"])
+        if data["sizes"]
+        else None
+    )
     quality = quality_figure(data["perplexity"]) if data["perplexity"] else None
     return [scores, widths, gptq, sizes, quality]
 
 
-def _status_line(data: dict) -> str:
-    missing = [k for k in ("scores", "widths", "gptq", "perplexity") if not data[k]]
+def missing_results(data: dict) -> tuple[list[str], list[str]]:
+    """(results the job did not ask for, results it asked for that are not there yet)."""
+    not_run = [k for k, asked in data["asked"].items() if not asked]
+    missing = [k for k in ("scores", "widths", "gptq", "perplexity") if not data[k] and k not in not_run]
+    return not_run, missing
+
+
+def status_line(data: dict) -> str:
+    not_run, missing = missing_results(data)
     measured = {k: v for k, v in data["measured_bytes"].items() if v}
     parts = [f"**{data['output']}** (`{data['id']}`, {data['status']})"]
+    if data["sizes"]:
+        est = {k: sum(v.values()) for k, v in data["sizes"].items() if k != "original"}
+        parts.append("estimated from the config: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in est.items()))
     if measured:
-        parts.append("measured weights: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in measured.items()))
+        parts.append("measured weight files: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in measured.items()))
+    if not_run:
+        parts.append("not run (the job did not ask for it): " + ", ".join(not_run))
     if missing:
-        parts.append("not available yet: " + ", ".join(missing))
+        why = "the job stopped before them" if data["status"] in FINAL_STATUSES else "not available yet"
+        parts.append(f"{why}: " + ", ".join(missing))
     return " · ".join(parts)
 
 
 def show(job_a: str, job_b: str | None, ctx: StudioContext):
-    """Status line and figures of job_a (and the width comparison with job_b, if given)."""
+    """Status line, job_a's figures and the comparison with job_b (None where there is nothing).
+
+    The last value is which figures exist (for hiding the empty ones; not part of the API).
+    """
     if not job_a:
-        raise gr.Error("job: choose a job to analyse")
-    a = job_data(job_a, ctx)
-    status = _status_line(a)
+        return ["⚠ job: choose a job to analyse", *[None] * len(FIGURES), [False] * len(FIGURES)]
+    try:
+        a = job_data(job_a, ctx)
+        b = job_data(job_b, ctx) if job_b and job_b != job_a else None
+    except ValueError as err:
+        return [f"⚠ {err}", *[None] * len(FIGURES), [False] * len(FIGURES)]
+    status = status_line(a)
     compare = None
-    if job_b and job_b != job_a:
-        b = job_data(job_b, ctx)
-        status += "  \n" + _status_line(b)
-        if a["widths"] and b["widths"] and len(a["widths"]) == len(b["widths"]):
-            compare = compare_widths_figure(a["widths"], b["widths"], a["original"], (a["output"], b["output"]))
-    return [status, *figures(a), compare]
+    if b is not None:
+        status += "  \n" + status_line(b)
+        compare = compare_jobs_figure(a, b)
+    shown = [*figures(a), compare]
+    return [status, *shown, [figure is not None for figure in shown]]
 
 
 def job_choices(ctx: StudioContext):
@@ -81,42 +117,57 @@ def job_choices(ctx: StudioContext):
 def create_ui(ctx: StudioContext, shared: Shared):
     """Build the tab; returns (refresh_choices, job, compare job) for the page-load wiring."""
     with gr.Row():
-        job_a = gr.Dropdown([], label="Job", elem_id="analysis-job", scale=3, allow_custom_value=True)
-        job_b = gr.Dropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3, allow_custom_value=True)
+        job_a = OpenDropdown([], label="Job", elem_id="analysis-job", scale=3, allow_custom_value=True)
+        job_b = OpenDropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3,
+                             allow_custom_value=True)
         refresh_button = gr.Button("Refresh list", scale=1)
         show_button = gr.Button("Show", variant="primary", elem_id="analysis-show", scale=1)
     status = gr.Markdown(elem_id="analysis-status")
     with gr.Row():
-        scores_plot = gr.Plot(label="Fluctuation scores", elem_id="plot-scores")
-        widths_plot = gr.Plot(label="Kept width", elem_id="plot-widths")
+        scores_plot = gr.Plot(label="Fluctuation scores", elem_id="plot-scores", visible=False)
+        widths_plot = gr.Plot(label="Kept width", elem_id="plot-widths", visible=False)
     with gr.Row():
-        gptq_plot = gr.Plot(label="GPTQ loss", elem_id="plot-gptq")
-        sizes_plot = gr.Plot(label="Sizes", elem_id="plot-sizes")
+        gptq_plot = gr.Plot(label="GPTQ loss", elem_id="plot-gptq", visible=False)
+        sizes_plot = gr.Plot(label="Sizes (estimated and measured)", elem_id="plot-sizes", visible=False)
     with gr.Row():
-        quality_plot = gr.Plot(label="Quality", elem_id="plot-quality")
-        compare_plot = gr.Plot(label="Comparison", elem_id="plot-compare")
+        quality_plot = gr.Plot(label="Quality", elem_id="plot-quality", visible=False)
+        compare_plot = gr.Plot(label="Comparison", elem_id="plot-compare", visible=False)
+    plots = [scores_plot, widths_plot, gptq_plot, sizes_plot, quality_plot, compare_plot]
+    present = gr.State([False] * len(FIGURES))
 
-    def refresh_choices(a, b):
+    def refresh_choices(a, b, prefer=None):
         choices = job_choices(ctx)
         ids = [c[1] for c in choices]
+        if prefer in ids:
+            a = prefer
         return (
             gr.update(choices=choices, value=a if a in ids else (ids[0] if ids else None)),
             gr.update(choices=[("—", "")] + choices, value=b if b in ids else ""),
         )
 
+    def show_present(flags):
+        return [gr.update(visible=bool(flag)) for flag in flags]
+
     refresh_button.click(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
     job_a.focus(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
     job_b.focus(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
     show_button.click(
-        partial(show, ctx=ctx),
-        [job_a, job_b],
-        [status, scores_plot, widths_plot, gptq_plot, sizes_plot, quality_plot, compare_plot],
-        api_name="job_plots",
+        partial(show, ctx=ctx), [job_a, job_b], [status, *plots, present], api_name="job_plots"
+    ).then(show_present, present, plots, api_visibility="private")
+    # A job that finishes while the page is open becomes the analysed job, drawn at once.
+    shared.finished_job.change(
+        lambda job, a, b: refresh_choices(a, b, prefer=job), [shared.finished_job, job_a, job_b], [job_a, job_b],
+        api_visibility="private",
+    ).then(partial(show, ctx=ctx), [job_a, job_b], [status, *plots, present], api_visibility="private").then(
+        show_present, present, plots, api_visibility="private"
     )
 
     def job_plot_data(job_id: str) -> dict:
         """The summarised data behind a job's analysis figures (quantiles, widths, losses, sizes)."""
-        return job_data(job_id, ctx)
+        try:
+            return job_data(job_id, ctx)
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
 
     gr.api(job_plot_data, api_name="job_plot_data")
     return refresh_choices, job_a, job_b

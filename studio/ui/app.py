@@ -36,7 +36,18 @@ CSS = """
 .job-stage { font-size: 0.9em; opacity: 0.85; margin: 2px 0; }
 .job-row progress { width: 100%; height: 10px; }
 .job-error { color: #e63946; font-size: 0.9em; }
+.job-steps { display: flex; flex-wrap: wrap; gap: 4px 10px; font-size: 0.85em; margin: 2px 0; }
+.job-step { white-space: nowrap; }
+ul.job-results { margin: 0; padding-left: 1.2em; }
 """
+# Fonts the browser has without a network: Gradio's themes name Google fonts by default, which an
+# offline machine cannot fetch, so bold text fell back to another face than regular text.
+SANS_FONTS = ("ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "DejaVu Sans", "Liberation Sans", "Arial", "sans-serif")
+MONO_FONTS = ("ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "DejaVu Sans Mono", "Liberation Mono", "monospace")
+
+
+def offline_theme() -> gr.themes.Base:
+    return gr.themes.Default(font=list(SANS_FONTS), font_mono=list(MONO_FONTS))
 
 
 def build_app(ctx: StudioContext) -> gr.Blocks:
@@ -50,6 +61,7 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             model_state=gr.State(None),
             plan_state=gr.State(None),
             browser_jobs=gr.BrowserState({"jobs": [], "selected": None}, storage_key=BROWSER_STORAGE_KEY, secret=ctx.ui_secret()),
+            finished_job=gr.State(None),
         )
         returned = {}
         with gr.Tabs():
@@ -61,6 +73,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         from studio.ui.model_tab import load_model
 
         page.load(lambda: load_model(DEMO_MODEL, ctx), None, [shared.model_state, _summary], api_visibility="private")
+        # The job list, the Jobs tab's selection and `shared.finished_job` (Analysis follows it; the
+        # Chat tab may wire `shared.finished_job.change` to offer a new export).
         _timer, refresh_inputs, refresh_outputs, refresh = returned["studio.ui.jobs_tab"]
         page.load(refresh, refresh_inputs, refresh_outputs, api_visibility="private")
         refresh_choices, job_a, job_b = returned["studio.ui.analysis_tab"]
@@ -79,6 +93,7 @@ def launch(ctx: StudioContext, host: str = "127.0.0.1", port: int = 7860, **kwar
         allowed_paths=allowed,
         max_file_size=MAX_UPLOAD_BYTES,
         css=CSS,
+        theme=offline_theme(),
         show_error=True,
         **kwargs,
     )

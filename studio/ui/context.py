@@ -7,8 +7,13 @@ and writes them, so tabs never import each other. `StudioContext` is read-only c
 from __future__ import annotations
 
 import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from gradio.components.plot import PlotData
 
 from studio.calibration import E4B_TEXT_CONFIG, OFFLINE_CALIBRATION_TEXT, OFFLINE_EVALUATION_TEXT
 
@@ -19,6 +24,35 @@ E4B_CONFIG_ONLY = "google/gemma-4-E4B-it (config only)"
 CARD_PRESET = "gemma4-lite-round2"
 
 
+class EstimateCache:
+    """The most recent size estimates of this app, by (model, widths, GPTQ settings); thread-safe.
+
+    Sessions editing the same preset ask for the same few estimates, so most answers are lookups.
+    """
+
+    def __init__(self, size: int = 512):
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._size = size
+
+    def get(self, key: Hashable, compute: Callable[[], object]):
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        value = compute()  # outside the lock: another session may compute the same value meanwhile
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+        return value
+
+
+def cached_plot(figure) -> PlotData:
+    """A Plotly figure serialised once, in the form `gr.Plot` sends (so a cached answer costs no JSON work)."""
+    return PlotData(type="plotly", plot=figure.to_json())
+
+
 @dataclass(frozen=True)
 class StudioContext:
     home: Path
@@ -27,6 +61,7 @@ class StudioContext:
     # Defaults of the calibration form: the project's local WikiText-2 copy (no hub access needed).
     calibration_text: Path = OFFLINE_CALIBRATION_TEXT
     eval_text: Path = OFFLINE_EVALUATION_TEXT
+    estimates: EstimateCache = field(default_factory=EstimateCache, compare=False, repr=False)
 
     def model_choices(self) -> list[str]:
         choices = [DEMO_MODEL]
@@ -50,4 +85,7 @@ class Shared:
     model_state: object = None  # gr.State: {"source", "label", "config_path", "checkpoint", "shapes"}
     plan_state: object = None  # gr.State: studio.plan_table.plan_to_state(plan) or None
     browser_jobs: object = None  # gr.BrowserState: {"jobs": [ids submitted here], "selected": id}
+    # gr.State: id of the job that finished most recently (None until one does). Its `.change` is
+    # the hook for tabs that follow new results (Analysis selects it; Chat may offer its export).
+    finished_job: object = None
     calibration: dict = field(default_factory=dict)  # name -> input component (source, samples, seqlen, seed)

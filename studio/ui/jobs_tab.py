@@ -11,7 +11,9 @@ from functools import partial
 
 import html
 import importlib.util
+import re
 import time
+from pathlib import Path
 from urllib.parse import quote
 
 import gradio as gr
@@ -20,14 +22,20 @@ from studio.job_results import job_outputs
 from studio.jobs.client import cancel, job_store, retry, submit
 from studio.ui import access
 from studio.flap.settings import COMPENSATIONS
+from studio.ui.components import OpenDropdown
 from studio.jobs.spec import parse_spec
-from studio.jobs.stages import STAGE_NAMES
+from studio.jobs.stages import STAGE_NAMES, STAGES
 from studio.jobs.store import FINAL_STATUSES, UnknownJob, describe
 from studio.plan_table import plan_from_state
 from studio.ui.context import Shared, StudioContext
 
 POLL_SECONDS = 1.5
-LOG_LINES = 30
+LOG_LINES = 200  # lines shown after filtering
+LOG_READ_LINES = 20000  # lines read from the end of job.log before filtering (GPTQModel is chatty)
+CANCELLABLE = ("queued", "running")
+FOLLOW_LOG_JS = """() => { setTimeout(() => {
+    const log = document.querySelector('#job-log textarea'); if (log) log.scrollTop = log.scrollHeight;
+}, 100); }"""
 STATUS_COLORS = {
     "queued": "#6c757d",
     "running": "#219ebc",
@@ -35,6 +43,17 @@ STATUS_COLORS = {
     "failed": "#e63946",
     "cancelled": "#adb5bd",
 }
+
+
+# How each stage's record in state["stages"] is shown; a stage with no record has not started.
+STAGE_MARKS = {
+    "done": ("✓", "done"),
+    "reused": ("✓", "reused from an earlier run"),
+    "running": ("▶", "running"),
+    "failed": ("✗", "failed"),
+    "skipped": ("–", "not run: the job did not ask for it"),
+}
+UNIT_SINGULAR = {"layers": "layer", "batches": "batch", "modules": "module"}
 
 
 def export_available() -> bool:
@@ -80,8 +99,30 @@ def _fmt_seconds(seconds) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def job_row_html(state: dict, mine: bool, selected: bool) -> str:
-    """One job: status, stage k of n, a progress bar for the stage's layers, elapsed and ETA."""
+def unit_singular(unit: str) -> str:
+    return UNIT_SINGULAR.get(unit, unit)
+
+
+def stage_marks(state: dict, spec) -> list[tuple[str, str, str]]:
+    """(stage, mark, meaning) for every stage, from the state's records and, for stages not yet
+    reached, from the spec (a stage the spec turns off is "not run" before the runner skips it)."""
+    records = state.get("stages") or {}
+    marks = []
+    for stage in STAGES:
+        status = (records.get(stage.name) or {}).get("status")
+        if status is None and spec is not None and stage.settings(spec) is None:
+            status = "skipped"
+        if status is None and state["status"] in FINAL_STATUSES:
+            marks.append((stage.name, "·", "not reached"))
+        elif status is None:
+            marks.append((stage.name, "·", "waiting"))
+        else:
+            marks.append((stage.name, *STAGE_MARKS.get(status, ("?", status))))
+    return marks
+
+
+def job_row_html(state: dict, mine: bool, selected: bool, spec=None) -> str:
+    """One job: status, every stage with its mark, a progress bar for the current stage, elapsed, ETA."""
     times = describe(state)
     status = state["status"]
     progress = state.get("progress") or {}
@@ -90,60 +131,151 @@ def job_row_html(state: dict, mine: bool, selected: bool) -> str:
     done, total = progress.get("done"), progress.get("total")
     if status == "done":
         stage_index, stage, fraction, detail = len(STAGE_NAMES), "finished", 1.0, ""
-    elif total:
-        fraction, detail = done / total, f"{progress.get('unit', 'layers')[:-1]} {done}/{total}"
+    elif total and status == "running":
+        fraction, detail = done / total, f"{unit_singular(progress.get('unit', 'layers'))} {done}/{total}"
     else:
         fraction, detail = 0.0, "starting" if status == "running" else ""
     error = state.get("error") or {}
     message = f"<div class='job-error'>{html.escape(error.get('message', ''))}</div>" if error else ""
+    strip = "".join(
+        f"<span class='job-step' data-stage='{name}' title='{html.escape(meaning)}'>{mark} {name}"
+        f"{' (not run)' if meaning.startswith('not run') else ''}</span>"
+        for name, mark, meaning in stage_marks(state, spec)
+    )
     return (
         f"<div class='job-row{' selected' if selected else ''}' data-job='{state['id']}' data-status='{status}'>"
         f"<div class='job-head'><span class='job-status' style='background:{STATUS_COLORS.get(status, '#999')}'>{status}</span>"
         f"<b>{html.escape(state['output'])}</b> <code>{state['id']}</code>{' · submitted here' if mine else ''}</div>"
+        f"<div class='job-steps'>{strip}</div>"
         f"<div class='job-stage'>stage {stage_index}/{len(STAGE_NAMES)}: <b>{stage}</b> {detail} · "
         f"elapsed {_fmt_seconds(times['elapsed_s'])} · ETA {_fmt_seconds(times['eta_s'])}</div>"
         f"<progress max='1' value='{fraction:.3f}'></progress>{message}</div>"
     )
 
 
-def readable_log(lines: list[str]) -> list[str]:
-    """Log lines as a terminal would show them: the last redraw of a progress bar, no blank lines."""
+# A line the studio's own logging wrote ("2026-12-01 08:09:46,862 INFO ..."; the worker's banner has
+# no milliseconds). Everything else is third-party output (GPTQModel's tables, torch's W-lines).
+STUDIO_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:,\d+)? (?:(?P<level>[A-Z]+) )?")
+PROGRESS_LINE = re.compile(r"stage (?P<stage>\w+): (?P<unit>\w+) \d+ of \S+$")
+
+
+def readable_log(lines: list[str], everything: bool = False) -> list[str]:
+    """The log as a user wants to read it.
+
+    The last redraw of a terminal progress bar, no blank lines; unless `everything`: only the
+    studio's own lines, warnings left out, an error's traceback kept, and one line per stage's
+    progress that shows its latest value.
+    """
     shown = [line.rsplit("\r", 1)[-1].rstrip() for line in lines]
-    return [line for line in shown if line.strip()][-LOG_LINES:]
+    shown = [line for line in shown if line.strip()]
+    if everything:
+        return shown[-LOG_LINES:]
+    kept: list[str] = []
+    progress_at: dict[str, int] = {}
+    in_error = False
+    for line in shown:
+        match = STUDIO_LINE.match(line)
+        if match is None:
+            if in_error:  # a traceback under "stage X failed:"
+                kept.append(line)
+            continue
+        level = match.group("level")
+        in_error = level in ("ERROR", "CRITICAL")
+        if level == "WARNING":
+            continue
+        progress = PROGRESS_LINE.search(line)
+        if progress:
+            key = progress.group("stage")
+            if key in progress_at:
+                kept[progress_at[key]] = line
+                continue
+            progress_at[key] = len(kept)
+        kept.append(line)
+    return kept[-LOG_LINES:]
+
+
+def _file_link(path: Path, label: str) -> str:
+    size = path.stat().st_size
+    shown = f"{size / 1e6:.1f} MB" if size >= 1e5 else f"{size / 1e3:.1f} kB"
+    return (
+        f"<a href='/gradio_api/file={quote(str(path))}' download='{html.escape(path.name)}'>"
+        f"{html.escape(label)}</a> <small>({shown})</small>"
+    )
 
 
 def result_links(job_id: str, ctx: StudioContext) -> str:
+    """HTML download links of a job's results; a checkpoint folder lists its files."""
     outputs = job_outputs(job_store(ctx.home).job_dir(job_id))
-    lines = [f"**Results of `{job_id}`** in `{outputs.job_dir}`:"]
-    for name, path in outputs.links().items():
-        shown = path.removeprefix(str(outputs.job_dir) + "/")
-        if path.endswith((".json", ".csv", ".safetensors")):
-            lines.append(f"- {name}: [`{shown}`](/gradio_api/file={quote(path)})")
-        else:
-            lines.append(f"- {name}: `{shown}`")
-    return "\n".join(lines) if len(lines) > 1 else f"`{job_id}` has no results yet."
+    items = []
+    for name, shown in outputs.links().items():
+        path = Path(shown)
+        if path.is_file():
+            items.append(f"<li>{name}: {_file_link(path, path.name)}</li>")
+        elif path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file())
+            inner = "".join(f"<li>{_file_link(p, p.name)}</li>" for p in files)
+            total = sum(p.stat().st_size for p in files) / 1e6
+            items.append(
+                f"<li><details><summary>{name}: {len(files)} files, {total:.1f} MB</summary>"
+                f"<code>{html.escape(str(path))}</code><ul>{inner}</ul></details></li>"
+            )
+    if not items:
+        return f"<p><code>{job_id}</code> has no results yet.</p>"
+    return f"<p><b>Results of <code>{job_id}</code></b> (click to download):</p><ul class='job-results'>{''.join(items)}</ul>"
 
 
-def refresh(browser: dict, selected: str | None, ctx: StudioContext):
-    """Job list HTML, selector choices, the selected job's log tail and results."""
+def newest_done(states: list[dict]) -> str:
+    """Id of the job that finished last with status done ("" when none has)."""
+    done = [s for s in states if s["status"] == "done"]
+    return max(done, key=lambda s: (s.get("finished_at") or 0, s["id"]))["id"] if done else ""
+
+
+def refresh(browser: dict, selected: str | None, seen_done: str | None, shown_log: str | None, everything: bool,
+            ctx: StudioContext):
+    """Job list, selection, log tail, results, Cancel's state and the newest finished job.
+
+    `seen_done` is the newest finished job this page already knows (None before the first call):
+    a job finishing after it becomes the selection and the new `Shared.finished_job`.
+    """
     store = job_store(ctx.home)
     states = list(reversed(store.all_jobs()))
     browser = browser or {}
     mine = set(browser.get("jobs") or [])
     ids = [s["id"] for s in states]
+    newest = newest_done(states)
+    just_finished = seen_done is not None and newest and newest != seen_done
+    if just_finished:
+        selected = newest
     selected = selected if selected in ids else (browser.get("selected") if browser.get("selected") in ids else None)
     if selected is None and ids:
         selected = ids[0]
-    rows = "".join(job_row_html(s, s["id"] in mine, s["id"] == selected) for s in states)
+    specs = {}
+    for s in states:
+        try:
+            specs[s["id"]] = store.spec(s["id"])
+        except (OSError, ValueError):
+            specs[s["id"]] = None  # shown without the spec's "not run" marks
+    rows = "".join(job_row_html(s, s["id"] in mine, s["id"] == selected, specs[s["id"]]) for s in states)
     listing = f"<div class='job-list'>{rows or '<i>No jobs yet.</i>'}</div>"
-    log = "\n".join(readable_log(store.log_tail(selected, LOG_LINES * 3)))[-20000:] if selected else ""
+    log = "\n".join(readable_log(store.log_tail(selected, LOG_READ_LINES), everything)) if selected else ""
     links = result_links(selected, ctx) if selected else ""
     choices = [(f"{s['output']} · {s['status']} · {s['id']}", s["id"]) for s in states]
-    return listing, gr.update(choices=choices, value=selected), log, links
+    status = next((s["status"] for s in states if s["id"] == selected), None)
+    cancellable = status in CANCELLABLE and not next(s for s in states if s["id"] == selected).get("cancel_requested")
+    return (
+        listing,
+        gr.update(choices=choices, value=selected),
+        gr.skip() if log == shown_log else log,  # an unchanged log keeps the reader's scroll position
+        links,
+        gr.update(interactive=bool(cancellable)),
+        newest,
+        newest if just_finished else gr.skip(),
+    )
 
 
 def submit_job(output, quantize, evaluate, model_state, plan_state, source, samples, seqlen, seed, ctx, user=None, flap=None):
-    """Validate and queue the current model + plan; returns the job id and a message.
+    """Validate and queue the current model + plan; returns the job id and a message
+    (no id and a warning naming the field when the spec is refused).
 
     `user` (from `access.require_submitter`) is recorded as the job's submitter.
     """
@@ -152,7 +284,7 @@ def submit_job(output, quantize, evaluate, model_state, plan_state, source, samp
         spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, str(ctx.eval_text), flap))
         job_id = submit(spec, home=ctx.home)
     except (ValueError, FileNotFoundError) as err:
-        raise gr.Error(str(err)) from err
+        return "", f"⚠ {err} (nothing was submitted)"
     if user:
         access.record_submitter(job_store(ctx.home), job_id, user)
     return job_id, f"Submitted job `{job_id}` ({spec.output})."
@@ -160,20 +292,26 @@ def submit_job(output, quantize, evaluate, model_state, plan_state, source, samp
 
 def remember_job(job_id, browser):
     """Add a submitted job to the ids kept in the browser and select it."""
+    if not job_id:  # refused: the message says why, the selection stays
+        return gr.skip(), gr.skip()
     browser = dict(browser or {})
-    if job_id:
-        browser["jobs"] = [*(browser.get("jobs") or []), job_id]
-        browser["selected"] = job_id
+    browser["jobs"] = [*(browser.get("jobs") or []), job_id]
+    browser["selected"] = job_id
     return browser, gr.update(value=job_id)
 
 
 def cancel_job(job_id: str, ctx: StudioContext):
+    """Cancel the selected job if it is queued or running; otherwise say why nothing was done."""
     if not job_id:
-        raise gr.Error("job: select a job first")
+        return "⚠ job: select a job first"
+    store = job_store(ctx.home)
     try:
+        status = store.get(job_id)["status"]
+        if status not in CANCELLABLE:
+            return f"⚠ `{job_id}` is {status}: only a queued or running job can be cancelled."
         state = cancel(job_id, home=ctx.home)
     except UnknownJob as err:
-        raise gr.Error(str(err)) from err
+        return f"⚠ {err}"
     note = "" if state["status"] in FINAL_STATUSES else " (it stops at its next layer boundary)"
     return f"Cancel requested for `{job_id}`: now {state['status']}{note}."
 
@@ -224,13 +362,19 @@ def create_ui(ctx: StudioContext, shared: Shared):
         with gr.Column(scale=3):
             listing = gr.HTML(elem_id="job-list")
         with gr.Column(scale=2):
-            selected = gr.Dropdown([], label="Selected job", elem_id="job-select", allow_custom_value=True)
+            selected = OpenDropdown([], label="Selected job", elem_id="job-select", allow_custom_value=True)
             cancel_button = gr.Button("Cancel selected job", variant="stop")
             retry_button = gr.Button("Retry selected job", elem_id="retry-job")
             cancel_message = gr.Markdown()
-            links = gr.Markdown(elem_id="job-results")
-    log = gr.Code(label="Log tail", language=None, lines=12, max_lines=18, elem_id="job-log")
+            links = gr.HTML(elem_id="job-results")
+    log = gr.Textbox(label="Log (follows its end)", lines=12, max_lines=18, autoscroll=True, interactive=False,
+                     elem_id="job-log")
+    full_log = gr.Checkbox(False, label="show the whole log (third-party output and warnings too)")
+    # Gradio's own autoscroll gives up when many lines arrive at once; the refresh sends the log only
+    # when it changed, so a finished job's log stays where the reader scrolled it.
+    log.change(None, None, None, js=FOLLOW_LOG_JS)
     last_job = gr.Textbox(visible=False)
+    seen_done = gr.State(None)
     timer = gr.Timer(POLL_SECONDS)
 
     cal = shared.calibration
@@ -239,7 +383,10 @@ def create_ui(ctx: StudioContext, shared: Shared):
                             calibration_source, samples, seqlen, seed, compensation_choice="bias", sequential_choice=False,
                             profile: gr.OAuthProfile | None = None):
         # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
-        user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
+        try:
+            user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
+        except gr.Error as err:
+            return "", f"⚠ {err.message}"
         flap = {"compensation": compensation_choice, "sequential": bool(sequential_choice)}
         return submit_job(output_name, quantize_after, evaluate_after, model_state, plan_state,
                           calibration_source, samples, seqlen, seed, ctx, user, flap)
@@ -251,8 +398,8 @@ def create_ui(ctx: StudioContext, shared: Shared):
         [last_job, submit_message],
         api_name="submit_job",
     ).success(remember_job, [last_job, shared.browser_jobs], [shared.browser_jobs, selected], api_visibility="private")
-    refresh_outputs = [listing, selected, log, links]
-    refresh_inputs = [shared.browser_jobs, selected]
+    refresh_outputs = [listing, selected, log, links, cancel_button, seen_done, shared.finished_job]
+    refresh_inputs = [shared.browser_jobs, selected, seen_done, log, full_log]
     timer.tick(partial(refresh, ctx=ctx), refresh_inputs, refresh_outputs, api_visibility="private",
                show_progress="hidden")
     selected.input(remember_selection, [selected, shared.browser_jobs], shared.browser_jobs, api_visibility="private")
@@ -270,4 +417,7 @@ def create_ui(ctx: StudioContext, shared: Shared):
 
     gr.api(job_status_api, api_name="job_status")
     gr.api(list_jobs_api, api_name="list_jobs")
+    # A new selection or log view shows at once, not at the next tick.
+    gr.on([selected.input, full_log.change], partial(refresh, ctx=ctx), refresh_inputs, refresh_outputs,
+          api_visibility="private", show_progress="hidden")
     return timer, refresh_inputs, refresh_outputs, (partial(refresh, ctx=ctx))

@@ -9,10 +9,11 @@ from pathlib import Path
 import gradio as gr
 
 from studio.jobs.spec import HUB_ID
-from studio.model_summary import load_full_config, parameter_shapes, structure_summary
-from studio.modeling import load_text_config
+from studio.model_summary import attention_kinds, kv_roles, load_full_config, parameter_shapes, structure_summary
+from studio.modeling import load_text_config, original_widths
 from studio.safety import studio_path
 from studio.ui import access
+from studio.ui.components import OpenDropdown
 from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, Shared, StudioContext
 
 
@@ -45,17 +46,29 @@ def open_model(source: str, ctx: StudioContext) -> dict:
         raise ValueError(f"model: {source!r} is neither a checkpoint folder nor a hub id like 'owner/name'")
     load_full_config(config_path)  # fails early with a clear message
     shapes = parameter_shapes(config_path)
+    text_config = load_text_config(config_path)
     return {
         "source": source,
         "label": label,
         "config_path": str(config_path),
         "checkpoint": str(checkpoint) if checkpoint else None,
         "shapes": {name: list(shape) for name, shape in shapes.items()},
+        # Per layer, read once here so table edits and estimates need not parse the config again.
+        "layers": {
+            "attention": attention_kinds(text_config),
+            "kv": kv_roles(text_config),
+            "original": original_widths(text_config),
+        },
     }
 
 
 def text_config_of_state(model_state: dict):
     return load_text_config(model_state["config_path"])
+
+
+def layers_of_state(model_state: dict) -> dict[str, list]:
+    """Per-layer attention kind ("attention"), KV role ("kv") and original FFN width ("original")."""
+    return model_state["layers"]
 
 
 def shapes_of_state(model_state: dict) -> dict[str, tuple[int, ...]]:
@@ -91,14 +104,17 @@ def summary_markdown(model_state: dict) -> str:
     return "\n".join(lines)
 
 
-def load_model(source: str, ctx: StudioContext):
+def load_model(source: str, ctx: StudioContext, current: dict | None = None):
+    """The model state and its summary; on bad input, a warning above the current model's summary
+    (the loaded model stays)."""
     try:
         if access.on_space() and Path(str(source)).is_absolute():
             # A hosted studio reads local checkpoints only from its own data folder.
             studio_path(source, "model", home=Path(ctx.home))
         state = open_model(source, ctx)
     except (ValueError, FileNotFoundError) as err:
-        raise gr.Error(str(err)) from err
+        kept = f"\n\nStill loaded:\n\n{summary_markdown(current)}" if current else ""
+        return gr.skip(), f"⚠ {err}{kept}"
     return state, summary_markdown(state)
 
 
@@ -111,7 +127,7 @@ def create_ui(ctx: StudioContext, shared: Shared):
     )
     with gr.Row():
         with gr.Column(scale=2):
-            choice = gr.Dropdown(
+            choice = OpenDropdown(
                 ctx.model_choices(),
                 value=DEMO_MODEL,
                 label="Model",
@@ -136,8 +152,11 @@ def create_ui(ctx: StudioContext, shared: Shared):
             summary = gr.Markdown(elem_id="model-summary")
     shared.calibration.update(source=source, samples=samples, seqlen=seqlen, seed=seed)
 
-    load_button.click(partial(load_model, ctx=ctx), choice, [shared.model_state, summary], api_name="load_model")
+    def load_chosen(source: str, current: dict | None):
+        return load_model(source, ctx, current)
+
+    load_button.click(load_chosen, [choice, shared.model_state], [shared.model_state, summary], api_name="load_model")
     demo_button.click(lambda: DEMO_MODEL, None, choice, api_visibility="private").then(
-        partial(load_model, ctx=ctx), choice, [shared.model_state, summary], api_visibility="private"
+        load_chosen, [choice, shared.model_state], [shared.model_state, summary], api_visibility="private"
     )
     return choice, summary

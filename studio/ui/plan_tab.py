@@ -1,4 +1,10 @@
-"""Pruning plan tab: the per-layer table, presets, suggestions from scores and the size estimate."""
+"""Pruning plan tab: the per-layer table, presets, suggestions from scores and the size estimate.
+
+Handlers never raise into the page: a bad input comes back as a warning in the message beside the
+control, and the table and the plan stay as they were. Outputs an API caller sees always hold a
+value of the type the API page documents (the current table, not `gr.skip()`); only the hidden
+session states are skipped.
+"""
 
 from __future__ import annotations
 
@@ -11,24 +17,30 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.model_summary import CARD_FIGURES, QuantSettings, estimate_sizes, kv_roles, attention_kinds
-from studio.modeling import original_widths
+from studio.job_results import job_outputs
+from studio.jobs.client import job_store
+from studio.model_summary import CARD_FIGURES, KV_ROLES, QuantSettings, estimate_sizes
 from studio.paths import presets_dir
 from studio.plan import builtin_presets, read_preset, resolve_plan, save_plan, uniform_plan
 from studio.plan_table import (
     COLUMNS,
     apply_edit,
+    edited_base_name,
     plan_from_state,
-    plan_rows,
+    plan_rows_from,
     plan_to_state,
     plan_totals,
 )
 from studio.plots import size_breakdown_figure, widths_figure
-from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, Shared, StudioContext
-from studio.ui.model_tab import shapes_of_state, text_config_of_state
+from studio.ui.components import OpenDropdown
+from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, Shared, StudioContext, cached_plot
+from studio.ui.model_tab import layers_of_state, shapes_of_state, text_config_of_state
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_DEMO_PRESET = "uniform-20"
+BITS_CHOICES = ("2", "3", "4", "8")
+GROUP_SIZE_CHOICES = ("32", "64", "128")
+KV_LEGEND = "**kv**: " + " · ".join(f"`{role}` {meaning}" for role, meaning in KV_ROLES.items())
 
 
 def preset_files(ctx: StudioContext) -> dict[str, Path]:
@@ -40,20 +52,32 @@ def preset_files(ctx: StudioContext) -> dict[str, Path]:
     return files
 
 
+def warning(text) -> str:
+    return f"⚠ {text}"
+
+
 def _require_model(model_state):
     if not model_state:
-        raise gr.Error("model: load a model first (Model & data tab)")
+        raise ValueError("model: load a model first (Model & data tab)")
     return text_config_of_state(model_state)
 
 
 def _require_plan(plan_state):
     if not plan_state:
-        raise gr.Error("plan: load a preset first")
+        raise ValueError("plan: load a preset first")
     return plan_from_state(plan_state)
 
 
-def table_value(plan, text_config) -> dict:
-    return {"headers": COLUMNS, "data": plan_rows(plan, text_config)}
+def table_value(plan, model_state) -> dict:
+    layers = layers_of_state(model_state)
+    return {"headers": COLUMNS, "data": plan_rows_from(plan, layers["attention"], layers["kv"])}
+
+
+def current_table(plan_state, model_state) -> dict:
+    """The table as it stands (what a refused action leaves on screen)."""
+    if not plan_state or not model_state:
+        return {"headers": COLUMNS, "data": []}
+    return table_value(plan_from_state(plan_state), model_state)
 
 
 def plan_header(plan) -> str:
@@ -64,16 +88,20 @@ def plan_header(plan) -> str:
     )
 
 
-def load_preset(name: str, model_state: dict, ctx: StudioContext):
-    text_config = _require_model(model_state)
-    files = preset_files(ctx)
-    if name not in files:
-        raise gr.Error(f"plan: no preset named {name!r} (have: {', '.join(files)})")
+def load_preset(name: str, model_state: dict, plan_state: dict | None, ctx: StudioContext):
+    """The preset's table, plan and message; a warning and nothing changed if it cannot be loaded."""
     try:
-        plan = resolve_plan(read_preset(files[name]), text_config, name=name)
+        text_config = _require_model(model_state)
+        files = preset_files(ctx)
+        if name not in files:
+            raise ValueError(f"preset: no preset named {name!r} (have: {', '.join(files)})")
+        try:
+            plan = resolve_plan(read_preset(files[name]), text_config, name=name)
+        except ValueError as err:
+            raise ValueError(f"preset {name}: {err}") from err
     except ValueError as err:
-        raise gr.Error(f"plan {name}: {err}") from err
-    return table_value(plan, text_config), plan_to_state(plan), f"Loaded preset {name}. " + plan_header(plan)
+        return current_table(plan_state, model_state), gr.skip(), warning(err)
+    return table_value(plan, model_state), plan_to_state(plan), f"Loaded preset {name}. " + plan_header(plan)
 
 
 def default_plan(model_state: dict, ctx: StudioContext):
@@ -86,39 +114,47 @@ def default_plan(model_state: dict, ctx: StudioContext):
     else:
         plan = uniform_plan(text_config, 0.2)
         plan.name = DEFAULT_DEMO_PRESET
-    return table_value(plan, text_config), plan_to_state(plan), plan_header(plan)
+    return table_value(plan, model_state), plan_to_state(plan), plan_header(plan)
 
 
 def edit_plan(table, plan_state, model_state):
     """Apply a table edit: the synced table and plan, or the previous ones and the rule broken.
 
     The browser can send the same edited table twice (a cell commits on Enter and again on blur);
-    a table identical to the last one applied is answered with the current plan, unchanged.
+    a table identical to the last one applied is answered with the current plan and the message
+    of that edit, unchanged.
     """
-    text_config = _require_model(model_state)
-    plan = _require_plan(plan_state)
+    try:
+        if not model_state:
+            raise ValueError("model: load a model first (Model & data tab)")
+        plan = _require_plan(plan_state)
+    except ValueError as err:
+        return current_table(plan_state, model_state), gr.skip(), warning(err)
     rows = table.values.tolist() if hasattr(table, "values") else table["data"] if isinstance(table, dict) else table
     submitted = json.dumps(rows, default=str)
     if plan_state.get("last_edit") == submitted:
-        return table_value(plan, text_config), gr.skip(), gr.skip()
+        return table_value(plan, model_state), gr.skip(), plan_state.get("last_message") or plan_header(plan)
     result = apply_edit(plan, rows)
     message = plan_header(result.plan) + "  \n" + ("Applied: " if result.accepted else "⚠ ") + result.message
-    state = {**plan_to_state(result.plan), "last_edit": submitted} if result.accepted else plan_state
-    return table_value(result.plan, text_config), state, message
+    state = {**plan_to_state(result.plan), "last_edit": submitted, "last_message": message} if result.accepted else plan_state
+    return table_value(result.plan, model_state), state, message
 
 
-def estimate(plan_state, model_state, quantize: bool, bits: int, group_size: int):
-    """Markdown of parameters and sizes (config + plan only) and the size and width figures."""
-    if not plan_state or not model_state:
-        return "", None, None
-    text_config = text_config_of_state(model_state)
-    plan = plan_from_state(plan_state)
-    quant = QuantSettings(enabled=bool(quantize), bits=int(bits), group_size=int(group_size))
-    est = estimate_sizes(shapes_of_state(model_state), plan.widths, plan.original, quant)
+def _quant_settings(quantize: bool, bits, group_size) -> QuantSettings:
+    """GPTQ settings from the form; the dropdowns send strings, API callers may send numbers."""
+    values = {}
+    for field, value, choices in (("bits", bits, BITS_CHOICES), ("group_size", group_size, GROUP_SIZE_CHOICES)):
+        if str(value) not in choices:
+            raise ValueError(f"{field}: one of {', '.join(choices)}, got {value!r}")
+        values[field] = int(value)
+    return QuantSettings(enabled=bool(quantize), **values)
+
+
+def estimate_markdown(est, quant: QuantSettings, e4b: bool) -> str:
     gb = lambda b: f"{b / 1e9:.3f} GB" if b >= 1e8 else f"{b / 1e6:.2f} MB"  # noqa: E731
     p = lambda n: f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.3f} M"  # noqa: E731
     rows = [
-        "| | original | pruned | pruned + GPTQ |",
+        "| estimated from the config | original | pruned | pruned + GPTQ |",
         "|---|---:|---:|---:|",
         f"| FFN parameters | {p(est.params['original']['ffn'])} | {p(est.params['pruned']['ffn'])} | "
         f"{p(est.params['quantized']['ffn'])} |",
@@ -129,30 +165,80 @@ def estimate(plan_state, model_state, quantize: bool, bits: int, group_size: int
         "",
         f"FFN parameters removed: **{est.ffn_params_removed:.1%}**.",
     ]
-    if model_state["source"] == E4B_CONFIG_ONLY:
+    if e4b:
+        # "\~": a bare "~" pair reads as strikethrough in Markdown.
         rows += [
             "",
-            f"Card figures for E4B: original ~{CARD_FIGURES['original_checkpoint_gb']} GB, compressed "
-            f"~{CARD_FIGURES['compressed_checkpoint_gb']} GB, \"~{CARD_FIGURES['ffn_params_removed_claim']:.0%} "
+            f"Card figures for E4B: original \\~{CARD_FIGURES['original_checkpoint_gb']} GB, compressed "
+            f"\\~{CARD_FIGURES['compressed_checkpoint_gb']} GB, \"\\~{CARD_FIGURES['ffn_params_removed_claim']:.0%} "
             "FFN parameters\" (its own width table gives 10.7%). The estimate here covers the language "
             "model only: the published text config has no vision or audio tower (the card's totals include them).",
         ]
-    text_config_kinds = attention_kinds(text_config)
-    shared = [r == "shared" for r in kv_roles(text_config)]
-    widths_fig = widths_figure(plan.widths, original_widths(text_config), text_config_kinds, shared)
-    return "\n".join(rows), size_breakdown_figure(est.bytes), widths_fig
+    return "\n".join(rows)
+
+
+def estimate_view(plan_state, model_state, quant: QuantSettings) -> tuple:
+    """Markdown, size figure and width figure of a plan (plain values, cached by the caller)."""
+    plan = plan_from_state(plan_state)
+    layers = layers_of_state(model_state)
+    est = estimate_sizes(shapes_of_state(model_state), plan.widths, plan.original, quant)
+    widths = widths_figure(plan.widths, layers["original"], layers["attention"], layers["kv"])
+    return estimate_markdown(est, quant, model_state["source"] == E4B_CONFIG_ONLY), size_breakdown_figure(est.bytes), widths
+
+
+def estimate(plan_state, model_state, quantize: bool, bits: str, group_size: str, ctx: StudioContext):
+    """Markdown of parameters and sizes (config + plan only) and the size and width figures.
+
+    Answers from `ctx.estimates` when the same model, widths and settings were estimated before
+    (every session editing the same preset asks for the same few estimates).
+    """
+    if not plan_state or not model_state:
+        return "", None, None
+    try:
+        quant = _quant_settings(quantize, bits, group_size)
+    except ValueError as err:  # only an API caller can send another value than the dropdowns hold
+        raise gr.Error(str(err)) from err
+    key = (model_state["config_path"], model_state["source"], tuple(plan_state["widths"]), quant)
+
+    def compute():
+        markdown, sizes, widths = estimate_view(plan_state, model_state, quant)
+        return markdown, cached_plot(sizes), cached_plot(widths)
+
+    return ctx.estimates.get(key, compute)
+
+
+def preset_follows_plan(plan_state, ctx: StudioContext):
+    """The preset dropdown shows the loaded plan's preset, and says when the table was edited."""
+    if not plan_state:
+        return gr.skip()
+    name, files = plan_state["name"], preset_files(ctx)
+    choices = list(files)  # a preset saved since the page was built is listed too
+    if name in files:
+        return gr.update(choices=choices, value=name, info="the table holds this preset")
+    base = edited_base_name(name)
+    if base in files:
+        return gr.update(choices=choices, value=base,
+                         info=f"edited: the table is {base} with changes (save or download to keep them)")
+    return gr.update(choices=choices, value=None, info=f"the table holds {name!r}, which is not a saved preset")
 
 
 def save_preset(name: str, plan_state, ctx: StudioContext):
-    plan = _require_plan(plan_state)
-    name = (name or "").strip()
-    if not PRESET_NAME.match(name):
-        raise gr.Error(f"preset name: letters, digits, '.', '_' or '-' (at most 64), got {name!r}")
+    """Save the plan under STUDIO_HOME/presets as `name`, which the loaded plan then is; the message
+    says where, or why not."""
+    try:
+        plan = _require_plan(plan_state)
+        name = (name or "").strip()
+        if not PRESET_NAME.match(name):
+            raise ValueError(
+                f"preset name: letters, digits, '.', '_' or '-' (at most 64, no spaces), got {name!r}; nothing was saved"
+            )
+    except ValueError as err:
+        return warning(err), gr.skip()
     plan.name = name
     path = presets_dir(ctx.home) / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     save_plan(plan, path)
-    return gr.update(choices=list(preset_files(ctx)), value=name), f"Saved preset {name} to {path}."
+    return f"Saved preset {name} to {path}.", {**plan_state, **plan_to_state(plan)}
 
 
 def download_preset(plan_state):
@@ -165,14 +251,30 @@ def download_preset(plan_state):
     return str(path)
 
 
-def upload_preset(file, model_state):
-    text_config = _require_model(model_state)
-    path = Path(file if isinstance(file, str) else file.name)
+def upload_preset(file, model_state, plan_state=None):
     try:
-        plan = resolve_plan(read_preset(path), text_config, name=path.stem)
+        text_config = _require_model(model_state)
+        if file is None:
+            raise ValueError("uploaded preset: no file")
+        path = Path(file if isinstance(file, str) else file.name)
+        try:
+            plan = resolve_plan(read_preset(path), text_config, name=path.stem)
+        except ValueError as err:
+            raise ValueError(f"uploaded preset {path.name}: {err}") from err
     except ValueError as err:
-        raise gr.Error(f"uploaded preset {path.name}: {err}") from err
-    return table_value(plan, text_config), plan_to_state(plan), f"Loaded {path.name}. " + plan_header(plan)
+        return current_table(plan_state, model_state), gr.skip(), warning(err)
+    return table_value(plan, model_state), plan_to_state(plan), f"Loaded {path.name}. " + plan_header(plan)
+
+
+def statistics_choices(ctx: StudioContext) -> list[tuple[str, str]]:
+    """(label, job folder) of every job whose statistics stage finished, newest first."""
+    store = job_store(ctx.home)
+    choices = []
+    for state in reversed(store.all_jobs()):
+        folder = store.job_dir(state["id"])
+        if job_outputs(folder).statistics is not None:
+            choices.append((f"{state['output']} · {state['status']} · {state['id']}", str(folder)))
+    return choices
 
 
 def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_state):
@@ -180,23 +282,27 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
     from studio.flap.pipeline import load_statistics, suggested_plan
     from studio.job_results import find_statistics
 
-    text_config = _require_model(model_state)
-    base = _require_plan(plan_state)
     try:
+        text_config = _require_model(model_state)
+        base = _require_plan(plan_state)
+        if not (stats_path or "").strip():
+            raise ValueError("statistics: choose a job with statistics, or give a flap_stats.safetensors, a prune output or a job folder")
         path = find_statistics(stats_path)
         _, scores, metric = load_statistics(path)
         if len(scores) != len(base.widths):
             raise ValueError(f"statistics: cover {len(scores)} layers, the model has {len(base.widths)}")
         plan = suggested_plan(scores, text_config, float(target), float(max_ratio), base=base)
     except ValueError as err:
-        raise gr.Error(str(err)) from err
+        return current_table(plan_state, model_state), gr.skip(), warning(err)
     message = f"Suggested from {metric} scores in {path} (locks kept). " + plan_header(plan)
-    return table_value(plan, text_config), plan_to_state(plan), message
+    return table_value(plan, model_state), plan_to_state(plan), message
 
 
 def create_ui(ctx: StudioContext, shared: Shared) -> None:
     with gr.Row():
-        preset = gr.Dropdown(list(preset_files(ctx)), value=DEFAULT_DEMO_PRESET, label="Preset", scale=2)
+        # Open: a preset saved later (by this session or another) is loadable by name.
+        preset = OpenDropdown(list(preset_files(ctx)), value=DEFAULT_DEMO_PRESET, label="Preset", scale=2,
+                              allow_custom_value=True, elem_id="plan-preset")
         load_button = gr.Button("Load preset", scale=1)
         upload = gr.UploadButton("Upload preset (.yaml)", file_types=[".yaml", ".yml"], scale=1)
         download = gr.DownloadButton("Download plan (.yaml)", scale=1)
@@ -214,48 +320,70 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
                 max_height=560,
                 elem_id="plan-table",
             )
+            gr.Markdown(KV_LEGEND, elem_id="plan-kv-legend")
             with gr.Row():
                 save_name = gr.Textbox(label="Save as preset", placeholder="my-plan", scale=3)
                 save_button = gr.Button("Save", scale=1)
+            save_message = gr.Markdown(elem_id="plan-save-message")
         with gr.Column(scale=2):
             with gr.Row():
                 quantize = gr.Checkbox(True, label="estimate with GPTQ")
-                bits = gr.Dropdown([2, 3, 4, 8], value=4, label="bits")
-                group_size = gr.Dropdown([32, 64, 128], value=128, label="group size")
+                bits = gr.Dropdown(list(BITS_CHOICES), value="4", label="bits")
+                group_size = gr.Dropdown(list(GROUP_SIZE_CHOICES), value="128", label="group size")
             estimate_md = gr.Markdown(elem_id="plan-estimate")
             with gr.Accordion("Suggest from scores", open=False):
+                stats_job = gr.Dropdown(
+                    [], label="Job with statistics", info="finished statistics stages, newest first",
+                    elem_id="plan-stats-job",
+                )
                 stats_path = gr.Textbox(
                     label="Statistics",
-                    info="flap_stats.safetensors, a prune output folder or a job folder",
+                    info="filled in from the job above, or a flap_stats.safetensors, a prune output folder or a job folder",
+                    elem_id="plan-stats-path",
                 )
                 target = gr.Slider(0.0, 0.6, value=0.2, step=0.01, label="target FFN ratio")
                 max_ratio = gr.Slider(0.05, 0.9, value=0.5, step=0.05, label="max ratio per layer")
                 suggest_button = gr.Button("Suggest widths")
+                suggest_message = gr.Markdown(elem_id="plan-suggest-message")
     with gr.Row():
         widths_plot = gr.Plot(label="Kept width per layer", elem_id="plan-widths-plot")
-        sizes_plot = gr.Plot(label="Size by component", elem_id="plan-sizes-plot")
+        sizes_plot = gr.Plot(label="Size by component (estimated)", elem_id="plan-sizes-plot")
 
     plan_outputs = [table, shared.plan_state, message]
     estimate_inputs = [shared.plan_state, shared.model_state, quantize, bits, group_size]
     estimate_outputs = [estimate_md, sizes_plot, widths_plot]
+    run_estimate = partial(estimate, ctx=ctx)
 
     shared.model_state.change(partial(default_plan, ctx=ctx), shared.model_state, plan_outputs, api_visibility="private")
-    load_button.click(partial(load_preset, ctx=ctx), [preset, shared.model_state], plan_outputs, api_name="load_preset")
+    load_button.click(partial(load_preset, ctx=ctx), [preset, shared.model_state, shared.plan_state], plan_outputs,
+                      api_name="load_preset")
     table.input(
-        edit_plan, [table, shared.plan_state, shared.model_state], plan_outputs, api_name="edit_plan", concurrency_limit=1
+        edit_plan, [table, shared.plan_state, shared.model_state], plan_outputs, api_name="edit_plan",
+        concurrency_limit=1, show_progress="hidden",
     )
-    upload.upload(upload_preset, [upload, shared.model_state], plan_outputs, api_name="upload_preset")
+    upload.upload(upload_preset, [upload, shared.model_state, shared.plan_state], plan_outputs, api_name="upload_preset")
+    stats_job.focus(lambda: gr.update(choices=statistics_choices(ctx)), None, stats_job, api_visibility="private")
+    stats_job.input(lambda folder: folder or gr.skip(), stats_job, stats_path, api_visibility="private")
     suggest_button.click(
-        suggest, [stats_path, target, max_ratio, shared.plan_state, shared.model_state], plan_outputs, api_name="suggest_plan"
+        suggest, [stats_path, target, max_ratio, shared.plan_state, shared.model_state],
+        [table, shared.plan_state, suggest_message], api_name="suggest_plan",
     )
-    save_button.click(partial(save_preset, ctx=ctx), [save_name, shared.plan_state], [preset, message], api_name="save_preset")
-    # The download button always holds the current plan as a YAML file.
-    shared.plan_state.change(download_preset, shared.plan_state, download, api_name="download_preset")
-    # The estimate follows every plan change, whatever caused it.
+    save_button.click(partial(save_preset, ctx=ctx), [save_name, shared.plan_state], [save_message, shared.plan_state],
+                      api_name="save_preset")
+    # Whatever changed the plan: the download button holds it as YAML, the preset dropdown names it,
+    # and the estimate follows.
+    shared.plan_state.change(download_preset, shared.plan_state, download, api_name="download_preset",
+                             show_progress="hidden")
+    shared.plan_state.change(partial(preset_follows_plan, ctx=ctx), shared.plan_state, preset, api_visibility="private",
+                             show_progress="hidden")
+    shared.plan_state.change(run_estimate, estimate_inputs, estimate_outputs, api_visibility="private",
+                             show_progress="hidden")
     gr.on(
-        [shared.plan_state.change, quantize.change, bits.change, group_size.change],
-        estimate,
+        [quantize.change, bits.change, group_size.change],
+        run_estimate,
         estimate_inputs,
         estimate_outputs,
         api_name="estimate",
+        concurrency_limit=None,
+        show_progress="hidden",
     )

@@ -23,7 +23,8 @@ def card_plan(e4b):
 def test_rows_show_type_kv_role_width_and_ratio(card_plan, e4b):
     rows = plan_rows(card_plan, e4b)
     assert len(rows) == 42 and len(rows[0]) == len(COLUMNS)
-    assert rows[0] == [0, "sliding", "", 10240, 0.2, 8192, False]
+    assert rows[0] == [0, "sliding", "own", 10240, 0.2, 8192, False]
+    assert [r[2] for r in rows[20:25]] == ["own", "own", "stores", "stores", "shared"]
     assert rows[5][1] == "full" and rows[9][4:6] == [0.1, 9216]
     assert [r[2] for r in rows].count("shared") == 18 and rows[24][2] == "shared"
 
@@ -77,3 +78,17 @@ def test_lock_and_state_round_trip(card_plan, e4b):
 def test_wrong_row_count_is_rejected(card_plan, e4b):
     result = apply_edit(card_plan, plan_rows(card_plan, e4b)[:-1])
     assert not result.accepted and "one row per layer (42)" in result.message
+
+
+def test_an_edited_plan_describes_what_it_now_is(card_plan, e4b):
+    rows = plan_rows(card_plan, e4b)
+    rows[4][5] = 5120  # layer 4: 10240 -> 5120, on top of the card's 46,080 removed channels
+    result = apply_edit(card_plan, rows)
+    removed = 46080 + 5120
+    assert result.plan.name == "gemma4-lite-round2-edited"
+    assert result.plan.description == (
+        f"gemma4-lite-round2 edited in the studio: {removed / 430080:.1%} of FFN channels pruned "
+        f"({430080 - removed:,} of 430,080 kept), 24 of 42 layers pruned"
+    )
+    assert "10.7%" not in result.plan.description  # the card's own figure no longer holds
+    assert plan_from_state(plan_to_state(result.plan)).to_preset()["description"] == result.plan.description

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from studio.model_summary import QuantSettings, estimate_sizes, parameter_shapes, structure_summary
+from studio.model_summary import QuantSettings, attention_kinds, estimate_sizes, kv_roles, parameter_shapes, structure_summary
 from studio.modeling import load_text_config, original_widths
 from studio.plan import find_preset, load_plan
 from studio.plots import (
@@ -79,7 +79,7 @@ def test_plots_of_a_42_by_10240_model_ship_well_under_1mb(e4b):
     kinds = ["full" if t == "full_attention" else "sliding" for t in config.layer_types]
     figures = [
         score_distribution_figure(summary),
-        widths_figure(plan.widths, original_widths(config), kinds, [i >= 24 for i in range(LAYERS)]),
+        widths_figure(plan.widths, original_widths(config), kinds, kv_roles(config)),
         gptq_loss_figure(records),
         size_breakdown_figure(estimate.bytes),
     ]
@@ -89,13 +89,102 @@ def test_plots_of_a_42_by_10240_model_ship_well_under_1mb(e4b):
     assert len(heatmap.y) == 4 and len(heatmap.x) == LAYERS
 
 
-def test_quality_and_comparison_figures():
-    from studio.plots import compare_widths_figure, quality_figure
+def test_quality_is_shown_as_differences_from_the_base():
+    from studio.plots import quality_figure
+
+    quality = quality_figure({"base": 2088.0, "pruned": 2103.0, "compressed": 2110.5})
+    bar = quality.data[0]
+    assert list(bar.x) == ["pruned", "compressed"]
+    assert list(bar.y) == [2103.0 - 2088.0, 2110.5 - 2088.0]  # the axis spans 0..22.5, not 0..2110
+    assert list(bar.text) == ["+15 (+0.72%)", "+22.5 (+1.08%)"]
+    assert "perplexity 2103.0000 (base 2088.0000, +15.0000)" in bar.hovertext[0]  # absolute values in the hover
+    assert "base 2088" in quality.layout.title.text
+
+
+def test_quality_without_a_base_zooms_the_axis_around_the_values():
+    from studio.plots import quality_figure
 
     quality = quality_figure({"base": None, "pruned": 12.5, "compressed": 13.25})
     bar = quality.data[0]
     assert list(bar.x) == ["base", "pruned", "compressed"]
-    assert list(bar.text) == ["not evaluated", "12.500", "13.250"]
+    assert list(bar.text) == ["not evaluated", "12.5", "13.25"]
+    low, high = quality.layout.yaxis.range
+    assert 0 < low < 12.5 and 13.25 < high  # not from 0, where 12.5 and 13.25 would look alike
+    assert high - low == pytest.approx((13.25 - 12.5) * 1.5)
+
+
+def test_kept_width_bars_are_one_layer_wide_and_coloured_by_attention_and_kv_role(e4b):
+    config, _shapes, plan = e4b
+    kinds, roles = attention_kinds(config), kv_roles(config)
+    figure = widths_figure(plan.widths, original_widths(config), kinds, roles)
+    kept = [t for t in figure.data if t.name != "original width"]
+    assert [t.name for t in kept] == [
+        "sliding · own KV", "sliding · stores KV for the tail", "sliding · reuses KV",
+        "full · own KV", "full · stores KV for the tail", "full · reuses KV",
+    ]
+    assert all(t.width == 0.8 for t in figure.data)  # a full-attention bar is as wide as its neighbours
+    drawn = sorted(layer for t in kept for layer in t.x)
+    assert drawn == list(range(LAYERS))  # each layer once
+    for trace in kept:
+        kind, _, role = trace.name.partition(" · ")
+        for layer, width in zip(trace.x, trace.y):
+            assert kinds[layer] == kind and width == plan.widths[layer]
+            assert {"own KV": "own", "stores KV for the tail": "stores", "reuses KV": "shared"}[role] == roles[layer]
+    assert [t.x for t in kept if t.name == "full · stores KV for the tail"] == [(23,)]
+
+
+def test_sizes_say_what_was_measured():
+    from studio.plots import size_breakdown_figure
+
+    estimated = {"original": {"ffn": 3_000_000, "embeddings": 1_000_000}, "pruned": {"ffn": 2_000_000, "embeddings": 1_000_000}}
+    figure = size_breakdown_figure(estimated, measured={"pruned": 3_100_000, "quantized": None})
+    measured = [t for t in figure.data if t.name == "measured files"]
+    assert len(measured) == 1 and list(measured[0].x) == ["pruned"] and list(measured[0].y) == [3.1]
+    totals = next(t for t in figure.data if t.type == "scatter" and t.mode == "text")
+    assert list(totals.text) == ["4 MB est.", "3 MB est."]
+
+
+def _job(name, widths, sizes=None, perplexity=None, gptq=None, measured=None):
+    return {"output": name, "original": [512, 512], "widths": widths, "sizes": sizes, "perplexity": perplexity,
+            "gptq": gptq, "measured_bytes": measured or {}}
+
+
+def test_two_jobs_are_compared_on_widths_sizes_quality_and_gptq_loss():
+    from studio.plots import compare_jobs_figure, compare_widths_figure
+
     compare = compare_widths_figure([256, 512], [384, 384], [512, 512], ("a", "b"))
-    assert [t.name for t in compare.data] == ["original", "a", "b"]
+    assert [t.name for t in compare.data] == ["original width", "a", "b"]
     assert list(compare.data[1].y) == [256, 512] and list(compare.data[2].y) == [384, 384]
+
+    a = _job("a", [256, 512], sizes={"pruned": {"ffn": 2_000_000}, "quantized": {"ffn": 600_000}},
+             perplexity={"base": 100.0, "pruned": 104.0, "compressed": 106.0},
+             gptq=[{"layer": 0, "module": "m", "loss": 1e-2}, {"layer": 0, "module": "n", "loss": 1e-4},
+                   {"layer": 1, "module": "m", "loss": 1e-3}],
+             measured={"pruned": 2_100_000})
+    b = _job("b", [384, 384], sizes={"pruned": {"ffn": 1_500_000}}, perplexity={"base": 100.0, "pruned": 103.0, "compressed": None})
+    figure = compare_jobs_figure(a, b)
+    by_name = {t.name: t for t in figure.data}
+    widths = [t for t in figure.data if t.type == "bar" and t.xaxis in (None, "x")]
+    assert [(t.name, list(t.y)) for t in widths] == [("a", [256, 512]), ("b", [384, 384])]
+    sizes = [t for t in figure.data if t.type == "bar" and t.xaxis == "x2"]
+    assert [list(t.y) for t in sizes] == [[2.0, 0.6], [1.5]]
+    assert list(by_name["a measured"].y) == [2.1]
+    quality = [t for t in figure.data if t.xaxis == "x3"]
+    assert [list(t.y) for t in quality] == [[4.0, 6.0], [3.0, 0]]
+    assert quality[1].text[1] == "not evaluated"
+    gptq = by_name["a GPTQ"]
+    assert list(gptq.x) == [0, 1] and list(gptq.y) == pytest.approx([-3.0, -3.0])  # mean of log10(1e-2), log10(1e-4)
+    assert "b GPTQ" not in by_name  # b did not quantize
+
+
+def test_a_comparison_panel_without_data_says_so():
+    from studio.plots import compare_jobs_figure
+
+    figure = compare_jobs_figure(_job("a", [256, 512]), _job("b", None))
+    notes = [t.text[0] for t in figure.data if t.type == "scatter" and t.mode == "text"]
+    assert notes == [
+        "widths: both jobs need a finished prune stage of the same model",
+        "sizes: neither job has a pruned model yet",
+        "quality: neither job evaluated perplexity",
+        "GPTQ: neither job quantized",
+    ]
