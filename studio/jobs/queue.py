@@ -159,8 +159,12 @@ def queue_location(huey: Huey) -> str:
 
 def queued_job_ids(huey: Huey) -> set[str]:
     """Job ids with a message waiting in the queue (messages that are not job ids are left out)."""
+    try:
+        waiting = huey.storage.enqueued_items()
+    except (OSError, sqlite3.Error, RedisError) as err:
+        raise ValueError(f"queue: cannot read {queue_location(huey)}: {err}") from err
     ids = set()
-    for data in huey.storage.enqueued_items():
+    for data in waiting:
         try:
             ids.add(message_job_id(data))
         except RejectedMessage:
