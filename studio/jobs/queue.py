@@ -90,6 +90,25 @@ class JobIdSerializer(Serializer):
         return Message(name=TASK_MESSAGE_NAME, args=(job_id,), kwargs={})
 
 
+class _DropsRejectedMessages:
+    """A dequeued message the serializer rejected (and logged) counts as no message: the consumer
+    goes on to the next one without logging a traceback for it."""
+
+    def dequeue(self):
+        try:
+            return super().dequeue()
+        except RejectedMessage:
+            return None
+
+
+class JobSqliteHuey(_DropsRejectedMessages, SqliteHuey):
+    """The SQLite queue under STUDIO_HOME."""
+
+
+class JobRedisHuey(_DropsRejectedMessages, PriorityRedisHuey):
+    """The Redis queue at STUDIO_REDIS_URL (priorities: FIFO within one, resumed jobs first)."""
+
+
 def open_queue(home: Path, run_job: Callable[[str], None] | None = None) -> tuple[Huey, Callable]:
     """The Huey instance for `home` and its job task.
 
@@ -100,14 +119,14 @@ def open_queue(home: Path, run_job: Callable[[str], None] | None = None) -> tupl
     if redis_url:
         # The priority variant keeps FIFO order within a priority and lets resumed jobs go first.
         try:
-            huey = PriorityRedisHuey(QUEUE_NAME, url=redis_url, results=False, serializer=JobIdSerializer())
+            huey = JobRedisHuey(QUEUE_NAME, url=redis_url, results=False, serializer=JobIdSerializer())
         except ValueError as err:  # a malformed URL; redis-py's message does not repeat the URL
             raise ValueError(f"queue: {REDIS_URL_ENV}={redact_url(redis_url)} is not a Redis URL: {err}") from err
     else:
         db_path = queue_db_path(home)
         try:
             db_path.parent.mkdir(parents=True, exist_ok=True)
-            huey = SqliteHuey(QUEUE_NAME, filename=str(db_path), results=False, serializer=JobIdSerializer())
+            huey = JobSqliteHuey(QUEUE_NAME, filename=str(db_path), results=False, serializer=JobIdSerializer())
         except (OSError, sqlite3.Error) as err:
             raise ValueError(f"queue: cannot open the SQLite queue {db_path}: {err}") from err
 
@@ -140,8 +159,12 @@ def queue_location(huey: Huey) -> str:
 
 def queued_job_ids(huey: Huey) -> set[str]:
     """Job ids with a message waiting in the queue (messages that are not job ids are left out)."""
+    try:
+        waiting = huey.storage.enqueued_items()
+    except (OSError, sqlite3.Error, RedisError) as err:
+        raise ValueError(f"queue: cannot read {queue_location(huey)}: {err}") from err
     ids = set()
-    for data in huey.storage.enqueued_items():
+    for data in waiting:
         try:
             ids.add(message_job_id(data))
         except RejectedMessage:

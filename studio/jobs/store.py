@@ -264,8 +264,12 @@ class JobStore:
         return before
 
     def restore(self, job_id: str, state: dict) -> None:
-        """Put back a state read earlier (undoes `requeue` when the job could not be queued)."""
-        self.modify(job_id, lambda _current: state)
+        """Undo `requeue` (the job could not be queued): put back `state` while the job still waits.
+
+        A job a worker has taken meanwhile (through an older message still in the queue) is left
+        as it is.
+        """
+        self.modify(job_id, lambda current: state if current["status"] == "queued" else None)
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.get(job_id).get("cancel_requested"))

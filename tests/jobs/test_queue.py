@@ -12,7 +12,7 @@ from studio.jobs.spec import parse_spec
 from studio.jobs.store import JobStore
 from studio.paths import jobs_dir
 
-from .conftest import dead_pid, small_spec
+from .conftest import dead_pid, small_spec, studio_cli
 
 
 @pytest.fixture()
@@ -62,6 +62,18 @@ def test_an_unreachable_redis_fails_submit_naming_it_without_its_password(studio
     assert re.match(rf"queue: cannot add job \S+ to the Redis queue at STUDIO_REDIS_URL=redis://worker:\*\*\*@127.0.0.1:{port}/0: ", str(caught.value))
     assert "s3cret-pw" not in str(caught.value)
     assert JobStore(jobs_dir(studio_home)).all_jobs() == []
+
+
+def test_a_worker_that_cannot_reach_redis_says_so_in_one_line_without_the_password(studio_home):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    result = studio_cli(studio_home, "worker", STUDIO_REDIS_URL=f"redis://:s3cret-pw@127.0.0.1:{port}/0")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        f"error: queue: cannot read the Redis queue at STUDIO_REDIS_URL=redis://:***@127.0.0.1:{port}/0: "
+    )
+    assert "s3cret-pw" not in result.stderr + result.stdout
 
 
 def test_a_malformed_redis_url_is_named_without_its_password(studio_home, monkeypatch, spec):

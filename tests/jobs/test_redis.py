@@ -1,5 +1,7 @@
 """The same flow on a Redis queue: a real redis-server on loopback (the `redis_url` fixture)."""
 
+from huey import PriorityRedisHuey
+
 from studio.jobs.client import cancel, run_in_process, submit
 from studio.jobs.queue import open_queue
 from studio.jobs.spec import parse_spec
@@ -22,7 +24,7 @@ def test_submit_cancel_and_run_through_redis(tmp_path_factory, studio_home, monk
     runs = submit(spec, home=studio_home)
     cancelled = submit(spec, home=studio_home)
     huey, _ = open_queue(studio_home)
-    assert type(huey).__name__ == "PriorityRedisHuey"
+    assert isinstance(huey, PriorityRedisHuey)
     assert huey.pending_count() == 2
     assert not (studio_home / "queue.sqlite3").exists()  # nothing went to the SQLite queue
     assert cancel(cancelled, home=studio_home)["status"] == "cancelled"
