@@ -140,9 +140,11 @@ def submit_job(output, quantize, evaluate, model_state, plan_state, source, samp
 
     `user` (from `access.require_submitter`) is recorded as the job's submitter.
     """
-    calibration = {"source": source, "samples": samples, "seqlen": seqlen, "seed": seed}
     try:
-        spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, str(ctx.eval_text)))
+        calibration = {"source": access.text_source(source, "calibration.source", ctx.home),
+                       "samples": samples, "seqlen": seqlen, "seed": seed}
+        eval_text = access.text_source(str(ctx.eval_text), "evaluate.source", ctx.home)
+        spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, eval_text))
         job_id = submit(spec, home=ctx.home)
     except (ValueError, FileNotFoundError) as err:
         raise gr.Error(str(err)) from err
@@ -160,10 +162,12 @@ def remember_job(job_id, browser):
     return browser, gr.update(value=job_id)
 
 
-def cancel_job(job_id: str, ctx: StudioContext):
+def cancel_job(job_id: str, ctx: StudioContext, profile: gr.OAuthProfile | None = None):
+    """Cancel a job; on a Space only its submitter may (`access.require_canceller`)."""
     if not job_id:
         raise gr.Error("job: select a job first")
     try:
+        access.require_canceller(profile, job_store(ctx.home).get(job_id))
         state = cancel(job_id, home=ctx.home)
     except UnknownJob as err:
         raise gr.Error(str(err)) from err
@@ -230,7 +234,11 @@ def create_ui(ctx: StudioContext, shared: Shared):
     timer.tick(partial(refresh, ctx=ctx), refresh_inputs, refresh_outputs, api_visibility="private",
                show_progress="hidden")
     selected.input(remember_selection, [selected, shared.browser_jobs], shared.browser_jobs, api_visibility="private")
-    cancel_button.click(partial(cancel_job, ctx=ctx), selected, cancel_message, api_name="cancel_job")
+    def cancel_selected_job(job_id, profile: gr.OAuthProfile | None = None):
+        # Gradio fills `profile` from the session (a partial would hide the annotation from it).
+        return cancel_job(job_id, ctx, profile)
+
+    cancel_button.click(cancel_selected_job, selected, cancel_message, api_name="cancel_job")
 
     # API-only endpoints (no component): one job's state, and every job's.
     def job_status_api(job_id: str) -> dict:

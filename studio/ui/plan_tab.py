@@ -24,6 +24,8 @@ from studio.plan_table import (
     plan_totals,
 )
 from studio.plots import size_breakdown_figure, widths_figure
+from studio.safety import SPEC_UPLOAD_MAX_BYTES, check_upload
+from studio.ui import access
 from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, Shared, StudioContext
 from studio.ui.model_tab import shapes_of_state, text_config_of_state
 
@@ -169,13 +171,14 @@ def upload_preset(file, model_state):
     text_config = _require_model(model_state)
     path = Path(file if isinstance(file, str) else file.name)
     try:
+        check_upload(path, "preset file", SPEC_UPLOAD_MAX_BYTES)
         plan = resolve_plan(read_preset(path), text_config, name=path.stem)
     except ValueError as err:
         raise gr.Error(f"uploaded preset {path.name}: {err}") from err
     return table_value(plan, text_config), plan_to_state(plan), f"Loaded {path.name}. " + plan_header(plan)
 
 
-def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_state):
+def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_state, ctx: StudioContext):
     """Widths from FLAP scores for a global ratio; locked layers keep their widths."""
     from studio.flap.pipeline import load_statistics, suggested_plan
     from studio.job_results import find_statistics
@@ -183,7 +186,9 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
     text_config = _require_model(model_state)
     base = _require_plan(plan_state)
     try:
-        path = find_statistics(stats_path)
+        # The typed path and the file found under it (a link there could lead out) are both checked.
+        found = find_statistics(access.visitor_path(stats_path, "statistics", ctx.home))
+        path = access.visitor_path(found, "statistics", ctx.home)
         _, scores, metric = load_statistics(path)
         if len(scores) != len(base.widths):
             raise ValueError(f"statistics: cover {len(scores)} layers, the model has {len(base.widths)}")
@@ -246,7 +251,8 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     )
     upload.upload(upload_preset, [upload, shared.model_state], plan_outputs, api_name="upload_preset")
     suggest_button.click(
-        suggest, [stats_path, target, max_ratio, shared.plan_state, shared.model_state], plan_outputs, api_name="suggest_plan"
+        partial(suggest, ctx=ctx), [stats_path, target, max_ratio, shared.plan_state, shared.model_state], plan_outputs,
+        api_name="suggest_plan"
     )
     save_button.click(partial(save_preset, ctx=ctx), [save_name, shared.plan_state], [preset, message], api_name="save_preset")
     # The download button always holds the current plan as a YAML file.
