@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -29,9 +30,28 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
     try:
         yield staging
         _replace_directory(staging, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        reason = _storage_failure(err)
+        if reason is not None:
+            raise OSError(f"{target}: {reason} while writing it (the partial output was removed)") from err
         raise
+
+
+# Write errors that are the storage's doing, not the caller's: full, over quota, file too large,
+# read-only, failing.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def _storage_failure(err: BaseException) -> str | None:
+    """Why writing failed when the storage refused it, else None. safetensors reports such
+    failures as `SafetensorError: ... I/O error: No space left on device (os error 28)`."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        return os.strerror(err.errno)
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error: " in text:
+        return text.split("I/O error: ", 1)[1].strip()
+    return None
 
 
 def _replace_directory(staging: Path, target: Path) -> None:

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.safety import read_utf8
+
 if TYPE_CHECKING:
     import torch
 
@@ -55,7 +57,7 @@ def load_calibration_text(spec: CalibrationSpec) -> str:
     path = Path(spec.source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"calibration.source: no such text file: {path}")
-    return path.read_text(encoding="utf-8")
+    return read_utf8(path, "calibration.source")
 
 
 def _load_hub_text(dataset_spec: str, text_field: str) -> str:
@@ -85,22 +87,23 @@ def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, source: str = "the text") -> torch.Tensor:
     """Cut `samples` windows of `seqlen` tokens from `stream` at seeded random offsets.
 
     Each window starts at a distinct offset; windows may overlap only when the stream is short.
+    `source` names the text in errors.
     """
     import torch
 
     available = stream.numel()
     if available < seqlen + 1:
         raise ValueError(
-            f"calibration: the text has {available} tokens, fewer than one sample of "
+            f"calibration: {source} has {available} tokens, fewer than one sample of "
             f"calibration.seqlen={seqlen} tokens; use a longer text or a shorter seqlen"
         )
     if available < samples * seqlen:
         raise ValueError(
-            f"calibration: the text has {available} tokens but calibration.samples x "
+            f"calibration: {source} has {available} tokens but calibration.samples x "
             f"calibration.seqlen = {samples} x {seqlen} = {samples * seqlen} are needed; "
             "use more text, fewer samples or a shorter seqlen"
         )
@@ -112,4 +115,4 @@ def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int) -> 
 def build_calibration_ids(tokenizer, spec: CalibrationSpec) -> torch.Tensor:
     """The calibration batch for `spec`: a LongTensor of shape [samples, seqlen]."""
     stream = tokenize_stream(tokenizer, load_calibration_text(spec))
-    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed)
+    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed, source=spec.source)

@@ -95,6 +95,31 @@ def check_upload(path: str | Path, field: str, max_bytes: int) -> Path:
     return file
 
 
+def read_utf8(path: str | Path, field: str) -> str:
+    """A text file's content, or a ValueError naming the field and the file if it is not UTF-8."""
+    file = Path(path)
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{field}: {file.name} is not UTF-8 text (byte {err.start})") from None
+
+
+def parse_yaml(text: str, field: str, name: str):
+    """YAML data through the safe loader (data only: a tag that would build a Python object is
+    refused), or a one-line ValueError naming the field, the file `name` and the position."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = " ".join(str(err.problem or err.context or "syntax error").split())
+        raise ValueError(f"{field}: {name} is not valid YAML{where}: {problem}") from None
+    except yaml.YAMLError as err:
+        raise ValueError(f"{field}: {name} is not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def read_text_upload(path: str | Path, field: str, max_bytes: int = TEXT_UPLOAD_MAX_BYTES) -> str:
     """The text of an uploaded file: size-checked, then decoded as UTF-8."""
     file = check_upload(path, field, max_bytes)

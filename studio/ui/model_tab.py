@@ -9,6 +9,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.jobs.spec import HUB_ID
+from studio.model_source import check_checkpoint_folder
 from studio.model_summary import load_full_config, parameter_shapes, structure_summary
 from studio.modeling import load_text_config
 from studio.ui import access
@@ -34,9 +35,8 @@ def open_model(source: str, ctx: StudioContext) -> dict:
     elif source == E4B_CONFIG_ONLY:
         config_path, checkpoint, label = ctx.reference_config, None, E4B_CONFIG_ONLY
     elif Path(source).is_absolute() and Path(source).is_dir():
-        path = Path(source)
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model: {path} is not a checkpoint folder (no config.json)")
+        # config.json of Gemma 4, shards whose headers parse and match it (studio.model_source)
+        path = check_checkpoint_folder(Path(source), "model")
         config_path, checkpoint, label = path, path, str(path)
     elif HUB_ID.match(source):
         # Only config.json is fetched (or read from the local hub cache); jobs download the weights.
