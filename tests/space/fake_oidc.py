@@ -3,7 +3,8 @@
 A Space with `hf_oauth: true` hands the app OAUTH_CLIENT_ID / OAUTH_CLIENT_SECRET / OAUTH_SCOPES /
 OPENID_PROVIDER_URL; Gradio's real login routes (authlib) then talk to the provider. This one
 serves what authlib asks for: the discovery document, an authorization endpoint that signs in
-whichever user the test names (`?user=NAME`, added to the redirect by `sign_in`), a token endpoint
+whichever user the test names (`?user=NAME`, added to the redirect by `sign_in`; else
+`state.default_user`, for a browser that follows the redirect itself), a token endpoint
 that checks the client's credentials and the code, and the JWKS that verifies the RS256 id_token.
 """
 
@@ -32,6 +33,7 @@ class ProviderState:
     issuer: str = ""
     key: RSAKey = field(default_factory=lambda: RSAKey.generate_key(2048, parameters={"kid": "test-key"}))
     codes: dict[str, dict] = field(default_factory=dict)  # code -> {"user", "nonce"}
+    default_user: str | None = None  # who signs in when the request names nobody (a browser's click)
     token_requests: int = 0
 
 
@@ -66,10 +68,11 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path == "/oauth/jwks":
             return self._json(200, KeySet([self.state.key]).as_dict(private=False))
         if url.path == "/oauth/authorize":
-            if query.get("client_id") != CLIENT_ID or "user" not in query:
+            user = query.get("user") or self.state.default_user
+            if query.get("client_id") != CLIENT_ID or not user:
                 return self._json(400, {"error": "invalid_request"})
             code = secrets.token_urlsafe(16)
-            self.state.codes[code] = {"user": query["user"], "nonce": query.get("nonce")}
+            self.state.codes[code] = {"user": user, "nonce": query.get("nonce")}
             target = query["redirect_uri"] + ("&" if "?" in query["redirect_uri"] else "?")
             self.send_response(302)
             self.send_header("Location", target + urlencode({"code": code, "state": query["state"]}))

@@ -36,13 +36,15 @@ CHAT_FORM = {"temperature": 0.0, "max_tokens": 2, "seed": 0}
 
 @pytest.fixture(scope="module")
 def space_app(tmp_path_factory):
-    """(base URL, STUDIO_HOME, outside folder) of the studio in Space mode, no job worker."""
+    """(base URL, STUDIO_HOME, outside folder) of the studio in Space mode, no job worker; a browser
+    that signs in becomes 'browser-user'."""
     root = tmp_path_factory.mktemp("space")
     home, outside = root / "home", root / "outside"
     home.mkdir()
     outside.mkdir()
     (outside / "secret.txt").write_text("not for visitors\n")
     with FakeOIDCProvider() as provider:
+        provider.state.default_user = "browser-user"
         env = {
             **os.environ,
             **provider.space_env(),
@@ -288,3 +290,48 @@ def test_only_job_results_and_exports_are_served(space_app):
         response = get(str(path))
         assert response.status_code == 403, (path, response.status_code)
         assert "not for visitors" not in response.text
+
+
+# --- in a browser -------------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts" / "space"
+
+
+def test_a_browser_signs_in_with_the_button_and_then_submits(space_app):
+    """Anonymous: the sign-in button and, on Submit, the sign-in message; after signing in through
+    the button (the real OAuth routes, the session cookie kept by the browser): the user's name on
+    the button, and the job submitted under it."""
+    from playwright.sync_api import expect, sync_playwright
+
+    assert Path(CHROMIUM).exists(), f"chromium is needed at {CHROMIUM} (scripts/install_system_deps.sh installs it)"
+    url, _home, _outside = space_app
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            page.get_by_text("decoder layers").wait_for(timeout=120_000)
+            sign_in_button = page.get_by_role("button", name="Sign in with Hugging Face")
+            expect(sign_in_button).to_be_visible()
+            page.get_by_role("tab", name="Jobs").click()
+            page.locator("#submit-job").click()
+            expect(page.get_by_text("Sign in with Hugging Face (the button at the top of the page) to submit jobs")
+                   .first).to_be_visible(timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / "1-anonymous-submit.png"), full_page=True)
+
+            sign_in_button.click()
+            expect(page.get_by_role("button", name="Logout (browser-user)")).to_be_visible(timeout=60_000)
+            page.get_by_text("decoder layers").wait_for(timeout=120_000)
+            page.get_by_role("tab", name="Jobs").click()
+            page.locator("#submit-job").click()
+            expect(page.locator("#submit-message")).to_contain_text("Submitted job", timeout=60_000)
+            job_id = re.search(r"Submitted job (\S+)", page.locator("#submit-message").inner_text()).group(1)
+            page.screenshot(path=str(ARTIFACTS / "2-signed-in-submit.png"), full_page=True)
+        finally:
+            browser.close()
+    watcher = client_for(url, "browser-user")
+    assert job_state(watcher, job_id)["submitted_by"] == "browser-user"
+    watcher.predict(job_id, api_name="/cancel_job")
