@@ -32,10 +32,10 @@ def check_model_source(value: str, field: str = "model") -> str:
 def check_checkpoint_folder(folder: Path, field: str = "model") -> Path:
     """A folder holding a Gemma 4 config.json and readable safetensors shards."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"{field}: no such folder: {folder}")
+        raise FileNotFoundError(f"{field}: no config.json in {folder}: no such folder")
     config = folder / "config.json"
     if not config.is_file():
-        raise ValueError(f"{field}: {folder} is not a checkpoint folder (no config.json)")
+        raise ValueError(f"{field}: no config.json in {folder}")
     data = check_gemma4_config(config, field)
     shapes = {}
     for shard in sorted(folder.glob("*.safetensors")):

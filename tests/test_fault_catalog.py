@@ -48,10 +48,10 @@ ROWS = [
     ("job spec: unknown field",
      "error: colour: unknown field (allowed: model, output, dtype, plan, flap, calibration, quantize, export, evaluate)"),
     ("config of another architecture",
-     "error: model: {inputs}/llama/config.json describes a 'llama' model (LlamaForCausalLM); the studio works on "
+     "error: --model: {inputs}/llama/config.json describes a 'llama' model (LlamaForCausalLM); the studio works on "
      "Gemma 4 (model_type 'gemma4' or 'gemma4_text')"),
     ("truncated safetensors shard",
-     "error: model: {inputs}/truncated-shard/model.safetensors is not a readable safetensors file (incomplete "
+     "error: --model: {inputs}/truncated-shard/model.safetensors is not a readable safetensors file (incomplete "
      "metadata, file not fully covered)"),
 ]
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             # Every `--model` names a checkpoint: checked before anything loads (studio.model_source).
             from studio.model_source import check_model_source
 
-            args.model = type(model)(check_model_source(str(model)))
+            args.model = type(model)(check_model_source(str(model), field="--model"))
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         # Input errors are the user's to fix: one readable line, no traceback.
