@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -32,9 +33,12 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
         _replace_directory(staging, target)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = _storage_failure(err)
-        if reason is not None:
-            raise OSError(f"{target}: {reason} while writing it (the partial output was removed)") from err
+        failure = _storage_failure(err)
+        if failure is not None:
+            code, reason = failure
+            refused = OSError(f"{target}: {reason} while writing it (the partial output was removed)")
+            refused.errno = code
+            raise refused from err
         raise
 
 
@@ -43,14 +47,16 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
 
 
-def _storage_failure(err: BaseException) -> str | None:
-    """Why writing failed when the storage refused it, else None. safetensors reports such
+def _storage_failure(err: BaseException) -> tuple[int | None, str] | None:
+    """(errno, why) when the storage refused a write, else None. safetensors reports such
     failures as `SafetensorError: ... I/O error: No space left on device (os error 28)`."""
     if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
-        return os.strerror(err.errno)
+        return err.errno, os.strerror(err.errno)
     text = str(err)
     if type(err).__name__ == "SafetensorError" and "I/O error: " in text:
-        return text.split("I/O error: ", 1)[1].strip()
+        reason = text.split("I/O error: ", 1)[1].strip()
+        code = re.search(r"\(os error (\d+)\)", reason)
+        return (int(code.group(1)) if code else None), reason
     return None
 
 
