@@ -87,7 +87,7 @@ def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, source: str = "the text") -> torch.Tensor:
+def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, source: str | None = None) -> torch.Tensor:
     """Cut `samples` windows of `seqlen` tokens from `stream` at seeded random offsets.
 
     Each window starts at a distinct offset; windows may overlap only when the stream is short.
@@ -96,14 +96,15 @@ def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, sou
     import torch
 
     available = stream.numel()
+    where = f" ({source})" if source else ""
     if available < seqlen + 1:
         raise ValueError(
-            f"calibration: {source} has {available} tokens, fewer than one sample of "
+            f"calibration: the text has {available} tokens{where}, fewer than one sample of "
             f"calibration.seqlen={seqlen} tokens; use a longer text or a shorter seqlen"
         )
     if available < samples * seqlen:
         raise ValueError(
-            f"calibration: {source} has {available} tokens but calibration.samples x "
+            f"calibration: the text has {available} tokens{where} but calibration.samples x "
             f"calibration.seqlen = {samples} x {seqlen} = {samples * seqlen} are needed; "
             "use more text, fewer samples or a shorter seqlen"
         )
