@@ -1,7 +1,7 @@
 """A catalog of bad inputs: each goes through the command line (and the app's API where it
 applies) and must give a clear error naming the field or file, leaving nothing half-written.
 
-    python benchmarks/fault_catalog.py [--only NAME ...] [--no-app] [--list]
+    python benchmarks/fault_catalog.py [--only WORD ...] [--no-app] [--list] [--keep]
 
 Every fault runs in a fresh temporary STUDIO_HOME; the demo model is built once and shared (read
 only), as are a pruned checkpoint and an export built from it when a fault needs them. App faults
