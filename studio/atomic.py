@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -29,9 +31,33 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
     try:
         yield staging
         _replace_directory(staging, target)
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
+        failure = _storage_failure(err)
+        if failure is not None:
+            code, reason = failure
+            refused = OSError(f"{target}: {reason} while writing it (the partial output was removed)")
+            refused.errno = code
+            raise refused from err
         raise
+
+
+# Write errors that are the storage's doing, not the caller's: full, over quota, file too large,
+# read-only, failing.
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO)
+
+
+def _storage_failure(err: BaseException) -> tuple[int | None, str] | None:
+    """(errno, why) when the storage refused a write, else None. safetensors reports such
+    failures as `SafetensorError: ... I/O error: No space left on device (os error 28)`."""
+    if isinstance(err, OSError) and err.errno in STORAGE_ERRNOS:
+        return err.errno, os.strerror(err.errno)
+    text = str(err)
+    if type(err).__name__ == "SafetensorError" and "I/O error: " in text:
+        reason = text.split("I/O error: ", 1)[1].strip()
+        code = re.search(r"\(os error (\d+)\)", reason)
+        return (int(code.group(1)) if code else None), reason
+    return None
 
 
 def _replace_directory(staging: Path, target: Path) -> None:

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.safety import read_utf8
+
 if TYPE_CHECKING:
     import torch
 
@@ -59,7 +61,7 @@ def load_calibration_text(spec: CalibrationSpec) -> str:
     path = Path(spec.source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"calibration.source: no such text file: {path}")
-    return path.read_text(encoding="utf-8")
+    return read_utf8(path, "calibration.source")
 
 
 def _load_hub_text(dataset_spec: str, text_field: str) -> str:
@@ -98,11 +100,14 @@ def leading_bos(tokenizer) -> int | None:
     return bos if ids and ids[0] == bos else None
 
 
-def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, bos: int | None = None) -> torch.Tensor:
+def pack_samples(
+    stream: torch.Tensor, samples: int, seqlen: int, seed: int, bos: int | None = None, source: str | None = None
+) -> torch.Tensor:
     """Cut `samples` windows of `seqlen` tokens from `stream` at seeded random offsets.
 
     With `bos`, each window is that token followed by `seqlen - 1` tokens of the stream. Each window
-    starts at a distinct offset; windows may overlap only when the stream is short.
+    starts at a distinct offset; windows may overlap only when the stream is short. `source` names
+    the text in errors.
     """
     import torch
 
@@ -110,14 +115,15 @@ def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, bos
         raise ValueError(f"calibration.seqlen: must be at least 2 when every sample starts with BOS, got {seqlen}")
     text_len = seqlen - (bos is not None)
     available = stream.numel()
+    where = f" ({source})" if source else ""
     if available < text_len + 1:
         raise ValueError(
-            f"calibration: the text has {available} tokens, fewer than one sample of "
+            f"calibration: the text has {available} tokens{where}, fewer than one sample of "
             f"calibration.seqlen={seqlen} tokens; use a longer text or a shorter seqlen"
         )
     if available < samples * text_len:
         raise ValueError(
-            f"calibration: the text has {available} tokens but calibration.samples x "
+            f"calibration: the text has {available} tokens{where} but calibration.samples x "
             f"calibration.seqlen = {samples} x {seqlen} = {samples * text_len} text tokens are needed"
             f"{' (each sample also has a BOS)' if bos is not None else ''}; "
             "use more text, fewer samples or a shorter seqlen"
@@ -133,4 +139,4 @@ def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, bos
 def build_calibration_ids(tokenizer, spec: CalibrationSpec) -> torch.Tensor:
     """The calibration batch for `spec`: a LongTensor of shape [samples, seqlen], BOS-led when the tokenizer adds BOS."""
     stream = tokenize_stream(tokenizer, load_calibration_text(spec))
-    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed, leading_bos(tokenizer))
+    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed, leading_bos(tokenizer), source=spec.source)

@@ -10,8 +10,8 @@ A Hub commit lands whole or not at all, so after a failure the repo holds either
 the new files without a card (never a card without its files). `push_export` raises `PushFailed`
 carrying a `PushReport` that says which steps landed and what the repo holds now.
 
-The token is the user's: the OAuth token of the signed-in visitor on a Space, `--token` or the
-local login (`HF_TOKEN`, `hf auth login`) elsewhere.
+The token is the user's: the OAuth token of the signed-in visitor on a Space; elsewhere the local
+login (`HF_TOKEN`, else the token `hf auth login` saved) or a token file (`push --token-file`).
 """
 
 from __future__ import annotations
@@ -107,6 +107,21 @@ def export_files(folder: Path) -> list[str]:
     return list(filter_repo_objects(present, ignore_patterns=[CARD_FILE, *DEFAULT_IGNORE_PATTERNS]))
 
 
+def read_token_file(path: str | Path) -> str:
+    """The token held in a file (surrounding whitespace dropped), for `push --token-file`."""
+    file = Path(path).expanduser()
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--token-file: no such file: {file}") from None
+    except (IsADirectoryError, UnicodeDecodeError) as err:
+        raise ValueError(f"--token-file: {file} is not a text file holding a token ({type(err).__name__})") from None
+    token = text.strip()
+    if not token or len(token.split()) != 1:
+        raise ValueError(f"--token-file: {file} must hold exactly one token (got {len(token.split())} words)")
+    return token
+
+
 def resolve_token(token: str | None) -> str:
     """The given token, else the local login (`HF_TOKEN`, then the token saved by `hf auth login`)."""
     if token:
@@ -115,7 +130,7 @@ def resolve_token(token: str | None) -> str:
 
     found = get_token()
     if not found:
-        raise ValueError("token: no Hugging Face token: pass --token, set HF_TOKEN or run `hf auth login`")
+        raise ValueError("token: no Hugging Face token: set HF_TOKEN, run `hf auth login` or pass --token-file")
     return found
 
 

@@ -242,16 +242,16 @@ def load_text_config(path: str | Path):
 
     Works without weights, so presets and size estimates can be checked against published configs.
     """
-    import json
-
     from transformers import Gemma4TextConfig
+
+    from studio.model_source import check_gemma4_config
 
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"config: no such file {path}")
-    data = json.loads(path.read_text())
+    data = check_gemma4_config(path, field="config")  # another architecture's config: refused, named
     text = data.get("text_config", data)
     text = {k: v for k, v in text.items() if not k.startswith("_")}
     text.pop("model_type", None)

@@ -31,6 +31,7 @@ import yaml
 
 from studio.atomic import atomic_write_text
 from studio.modeling import original_widths
+from studio.safety import parse_yaml, read_utf8
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 TOP_LEVEL_KEYS = {"name", "description", "multiple", "num_layers", "tensor_parallel_size", "default", "layers"}
@@ -214,10 +215,7 @@ def read_preset(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"plan: no such preset file: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"plan: {path.name} is not valid YAML: {err}") from err
+    data = parse_yaml(read_utf8(path, "plan"), "plan", path.name)
     if not isinstance(data, dict):
         raise ValueError(f"plan: {path.name} must hold a mapping at the top level")
     data.setdefault("name", path.stem)

@@ -59,8 +59,9 @@ def test_bad_input_fails_with_one_line_and_no_output(demo_model_dir, calibration
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".pruned")]
 
 
-def test_interrupted_prune_leaves_no_folder(demo_model_dir, calibration_text, tmp_path, monkeypatch):
-    """A failure while writing leaves neither the output nor its staging folder."""
+def test_interrupted_prune_leaves_no_folder(demo_model_dir, calibration_text, tmp_path, monkeypatch, capsys):
+    """A failure while writing leaves neither the output nor its staging folder, and says so in one
+    line naming the output (exit status 1: the machine's failure, not bad input)."""
     import studio.flap.pipeline as pipeline
 
     def broken_save(*_args, **_kwargs):
@@ -68,8 +69,10 @@ def test_interrupted_prune_leaves_no_folder(demo_model_dir, calibration_text, tm
 
     monkeypatch.setattr(pipeline, "save_statistics", broken_save)
     out = tmp_path / "pruned"
-    with pytest.raises(OSError, match="No space left"):
-        main(_prune_args(demo_model_dir, out, calibration_text, "--plan", "uniform-20"))
+    assert main(_prune_args(demo_model_dir, out, calibration_text, "--plan", "uniform-20")) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: {out.resolve()}: No space left on device while writing it (the partial output was removed)"
+    )
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from pathlib import Path
 
 # Modules under studio/cli/ that define subcommands, in the order `--help` lists them.
 COMMAND_MODULES = [
@@ -42,8 +43,18 @@ def main(argv: list[str] | None = None) -> int:
     # torchao (a GPTQModel dependency) registers enums that this torch warns about at every import.
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     try:
+        model = getattr(args, "model", None)
+        if isinstance(model, (str, Path)):
+            # Every `--model` names a checkpoint: checked before anything loads (studio.model_source).
+            from studio.model_source import check_model_source
+
+            args.model = type(model)(check_model_source(str(model), field="--model"))
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as err:
         # Input errors are the user's to fix: one readable line, no traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:
+        # The machine's failures (a full disk, a read-only folder): one line naming the file.
+        print(f"error: {err}", file=sys.stderr)
+        return 1

@@ -21,16 +21,41 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--public", action="store_true", help="create the repo public (default: private; an existing repo keeps its visibility)"
     )
-    parser.add_argument("--token", default=None, help="Hugging Face token with write access (default: HF_TOKEN or the `hf auth login` token)")
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="a file holding a Hugging Face token with write access (default: HF_TOKEN, else the token "
+        "saved by `hf auth login`)",
+    )
+    tokens.add_argument(
+        "--token",
+        default=None,
+        help="the token itself; discouraged: a command line is visible to every user of the machine "
+        "(ps, /proc), so a warning is printed",
+    )
     parser.add_argument("--endpoint", default=None, help="Hub URL (default: HF_ENDPOINT or https://huggingface.co)")
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
-    from studio.hub import PushFailed, push_export
+TOKEN_ON_COMMAND_LINE = (
+    "warning: --token puts the token on the command line, where other users of this machine can read "
+    "it (ps, /proc/PID/cmdline); prefer HF_TOKEN, `hf auth login` or --token-file"
+)
 
+
+def run(args) -> int:
+    from studio.hub import PushFailed, push_export, read_token_file
+
+    token = args.token
+    if token is not None:
+        print(TOKEN_ON_COMMAND_LINE, file=sys.stderr)
+    elif args.token_file is not None:
+        token = read_token_file(args.token_file)
     try:
-        report = push_export(args.export, args.repo_id, token=args.token, private=not args.public, endpoint=args.endpoint)
+        report = push_export(args.export, args.repo_id, token=token, private=not args.public, endpoint=args.endpoint)
     except PushFailed as failed:
         print(failed.report.describe(), file=sys.stderr)
         return 1

@@ -16,15 +16,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from studio.calibration import CalibrationSpec
 from studio.flap.settings import FlapSettings
+from studio.model_source import HUB_ID
 from studio.paths import presets_dir
+from studio.safety import parse_yaml, read_utf8
 
 DTYPES = ("bfloat16", "float16", "float32")
 GPTQ_BITS = (2, 3, 4, 8)
-HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # The card calibrates on WikiText-2 train (CalibrationSpec's default) and we report perplexity on its test split.
 DEFAULT_EVAL_SOURCE = "hf:wikitext/wikitext-2-raw-v1/test"
@@ -104,12 +103,13 @@ def load_spec(path: str | Path) -> JobSpec:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"spec: no such file: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_utf8(path, "spec")
+    if path.suffix != ".json":
+        return parse_spec(parse_yaml(text, "spec", path.name), base_dir=path.resolve().parent)
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        kind = "JSON" if path.suffix == ".json" else "YAML"
-        raise ValueError(f"spec: {path.name} is not valid {kind}: {err}") from err
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"spec: {path.name} is not valid JSON: {err}") from err
     return parse_spec(data, base_dir=path.resolve().parent)
 
 

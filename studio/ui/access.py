@@ -1,9 +1,10 @@
 """Who may do what in the studio's UI: sign-in on a Hugging Face Space, nothing locally.
 
 On a Space (the `SPACE_ID` environment variable is set) anyone can open the studio. Anonymous
-visitors browse presets and finished results; submitting jobs, starting servers and pushing to the
-Hub need a Hugging Face sign-in, and each user has a limit on jobs waiting or running. Run locally,
-the studio is one person's tool: no sign-in, no limit.
+visitors browse presets and finished results; submitting and cancelling jobs (one's own), chatting,
+starting servers and pushing to the Hub need a Hugging Face sign-in, each user has a limit on jobs
+waiting or running, and typed paths are confined (`visitor_path`). Run locally, the studio is one
+person's tool: no sign-in, no limit, any path.
 
 Event handlers get the visitor from Gradio by declaring a parameter annotated
 `gr.OAuthProfile | None` (or `gr.OAuthToken | None`): Gradio fills it from the session cookie
@@ -25,8 +26,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 
 import gradio as gr
+
+from studio.safety import HUB_TEXT_PREFIX, confine, expand_path, readable_roots
 
 SPACE_ENV = "SPACE_ID"
 # The state.json field naming who submitted a job (the signed-in user's Hub name, or LOCAL_USER).
@@ -79,6 +83,40 @@ def require_user(profile: gr.OAuthProfile | None, action: str = "submit jobs or 
     user = current_user(profile)
     if user is None:
         raise gr.Error(SIGN_IN_MESSAGE.format(action=action), title="Sign-in required")
+    return user
+
+
+def visitor_path(user_path: str | Path, field: str, home: str | Path) -> Path:
+    """A path typed into a form: `~` expanded, `..` and symlinks resolved; on a Space it must lie
+    inside `studio.safety.readable_roots(home)` (relative paths start at `home`). Locally the
+    studio is its user's own tool: any path, relative to the working folder. ValueError naming
+    `field` otherwise."""
+    if on_space():
+        return confine(user_path, field, readable_roots(home))
+    return expand_path(user_path, field)
+
+
+def text_source(source: str, field: str, home: str | Path) -> str:
+    """A calibration or evaluation text as a job spec takes it: a hub dataset (`hf:...`) as typed,
+    a file path through `visitor_path`."""
+    source = (source or "").strip()
+    if source.startswith(HUB_TEXT_PREFIX):
+        return source
+    return str(visitor_path(source, field, home))
+
+
+def require_canceller(profile: gr.OAuthProfile | None, state: Mapping) -> str:
+    """The user who may cancel the job `state`: on a Space, its submitter (signed in); locally anyone."""
+    user = require_user(profile, action="cancel jobs")
+    if not on_space():
+        return user
+    submitter = state.get(SUBMITTER_FIELD)
+    if submitter != user:
+        owner = f"by {submitter}" if submitter else "outside this page (no submitter recorded)"
+        raise gr.Error(
+            f"job {state.get('id')}: it was submitted {owner}; only its submitter may cancel it",
+            title="Not your job",
+        )
     return user
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import gradio as gr
 
 from studio.paths import exports_dir
-from studio.safety import studio_path
+from studio.safety import IMAGE_UPLOAD_MAX_BYTES, check_upload
 from studio.serve.chat import ChatError, SamplingSettings
 from studio.serve.chat_session import ChatSession, render
 from studio.serve.client import OpenAIBackend
@@ -110,7 +110,7 @@ def resolve_model_dir(choice: str | None, ctx: StudioContext, field: str) -> Pat
     choice = (choice or "").strip() or DEMO_MODEL
     if choice == DEMO_MODEL:
         return Path(ctx.demo_dir)
-    path = studio_path(choice, field, home=ctx.home) if access.on_space() else Path(choice).expanduser().resolve()
+    path = access.visitor_path(choice, field, ctx.home)
     if not (path / "config.json").is_file():
         raise ValueError(f"{field}: {path} is not a checkpoint or export folder (no config.json)")
     return path
@@ -164,11 +164,11 @@ class BackendPool:
 
     def plan(self, pane: str, source: PaneSource, profile) -> tuple[str, Path | None]:
         """(engine, model folder) for a pane's choice; ValueError for bad input, gr.Error to sign in."""
+        access.require_user(profile, action="chat with the models or start servers")
         field = f"model_{pane.lower()}"
         if source.engine not in (ENGINE_AUTO, ENGINE_CPU, ENGINE_VLLM, ENGINE_URL):
             raise ValueError(f"engine_{pane.lower()}: must be one of {', '.join(engine_choices())}, got {source.engine!r}")
         if source.engine == ENGINE_URL:
-            access.require_user(profile, action="attach to a server")
             if not source.url:
                 raise ValueError(f"url_{pane.lower()}: give the server's URL (http://host:port or .../v1)")
             return ENGINE_URL, None
@@ -178,7 +178,6 @@ class BackendPool:
             chosen = choose_engine(model_dir, detect_device(), vllm_available())
             engine = ENGINE_VLLM if chosen == "vllm" else ENGINE_CPU
         if engine == ENGINE_VLLM:
-            access.require_user(profile, action="start servers")
             if not vllm_available():
                 raise ValueError(f"engine_{pane.lower()}: no vLLM environment at {vllm_python()}; run scripts/setup_vllm_env.sh")
         return engine, model_dir
@@ -268,6 +267,8 @@ def open_session(pool: BackendPool, session: ChatSession, profile, votes_dir: Pa
     for pane, source in zip(PANES, sources):
         try:
             plans[pane] = pool.plan(pane, source, profile)
+        except gr.Error:  # a ValueError too, but for the whole page: sign in
+            raise
         except ValueError as err:
             errors[pane] = str(err)
     vllm_panes = [pane for pane, (engine, _dir) in plans.items() if engine == ENGINE_VLLM]
@@ -315,7 +316,10 @@ def image_files(files) -> list[str]:
     rejected = [Path(p).name for p in paths if Path(p).suffix.lower() not in IMAGE_SUFFIXES]
     if rejected:
         raise gr.Error(f"message: only images can be attached, not {', '.join(rejected)}")
-    return paths
+    try:
+        return [str(check_upload(p, "message", IMAGE_UPLOAD_MAX_BYTES)) for p in paths]
+    except ValueError as err:
+        raise gr.Error(str(err), title="Invalid input") from err
 
 
 def input_error(err: ValueError) -> gr.Error:

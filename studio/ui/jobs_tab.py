@@ -279,9 +279,11 @@ def submit_job(output, quantize, evaluate, model_state, plan_state, source, samp
 
     `user` (from `access.require_submitter`) is recorded as the job's submitter.
     """
-    calibration = {"source": source, "samples": samples, "seqlen": seqlen, "seed": seed}
     try:
-        spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, str(ctx.eval_text), flap))
+        calibration = {"source": access.text_source(source, "calibration.source", ctx.home),
+                       "samples": samples, "seqlen": seqlen, "seed": seed}
+        eval_text = access.text_source(str(ctx.eval_text), "evaluate.source", ctx.home)
+        spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, eval_text, flap))
         job_id = submit(spec, home=ctx.home)
     except (ValueError, FileNotFoundError) as err:
         return "", f"⚠ {err} (nothing was submitted)"
@@ -300,15 +302,17 @@ def remember_job(job_id, browser):
     return browser, gr.update(value=job_id)
 
 
-def cancel_job(job_id: str, ctx: StudioContext):
-    """Cancel the selected job if it is queued or running; otherwise say why nothing was done."""
+def cancel_job(job_id: str, ctx: StudioContext, profile: gr.OAuthProfile | None = None):
+    """Cancel the selected job if it is queued or running; otherwise say why nothing was done.
+    On a Space only its submitter may (`access.require_canceller` raises for anyone else)."""
     if not job_id:
         return "⚠ job: select a job first"
     store = job_store(ctx.home)
     try:
-        status = store.get(job_id)["status"]
-        if status not in CANCELLABLE:
-            return f"⚠ `{job_id}` is {status}: only a queued or running job can be cancelled."
+        job = store.get(job_id)
+        access.require_canceller(profile, job)
+        if job["status"] not in CANCELLABLE:
+            return f"⚠ `{job_id}` is {job['status']}: only a queued or running job can be cancelled."
         state = cancel(job_id, home=ctx.home)
     except UnknownJob as err:
         return f"⚠ {err}"
@@ -316,12 +320,16 @@ def cancel_job(job_id: str, ctx: StudioContext):
     return f"Cancel requested for `{job_id}`: now {state['status']}{note}."
 
 
-def retry_job(job_id: str, ctx: StudioContext) -> str:
+def retry_job(job_id: str, ctx: StudioContext, profile: gr.OAuthProfile | None = None) -> str:
+    """Queue a failed or cancelled job again; on a Space only its submitter may."""
     if not job_id:
         raise gr.Error("job: select a job first")
     try:
+        access.require_canceller(profile, job_store(ctx.home).get(job_id))
         retry(job_id, home=ctx.home)
     except ValueError as err:  # UnknownJob, a job that is not failed/cancelled, an unreachable queue
+        if isinstance(err, gr.Error):
+            raise
         raise gr.Error(str(err)) from err
     return f"Queued `{job_id}` again; its finished stages are reused."
 
@@ -403,8 +411,15 @@ def create_ui(ctx: StudioContext, shared: Shared):
     timer.tick(partial(refresh, ctx=ctx), refresh_inputs, refresh_outputs, api_visibility="private",
                show_progress="hidden")
     selected.input(remember_selection, [selected, shared.browser_jobs], shared.browser_jobs, api_visibility="private")
-    cancel_button.click(partial(cancel_job, ctx=ctx), selected, cancel_message, api_name="cancel_job")
-    retry_button.click(partial(retry_job, ctx=ctx), selected, cancel_message, api_name="retry_job")
+    # Gradio fills `profile` from the session (a partial would hide the annotation from it).
+    def cancel_selected_job(job_id, profile: gr.OAuthProfile | None = None):
+        return cancel_job(job_id, ctx, profile)
+
+    def retry_selected_job(job_id, profile: gr.OAuthProfile | None = None):
+        return retry_job(job_id, ctx, profile)
+
+    cancel_button.click(cancel_selected_job, selected, cancel_message, api_name="cancel_job")
+    retry_button.click(retry_selected_job, selected, cancel_message, api_name="retry_job")
 
     # API-only endpoints (no component): one job's state, and every job's.
     def job_status_api(job_id: str) -> dict:

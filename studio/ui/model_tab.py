@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from functools import partial
-
+import os
 from pathlib import Path
 
 import gradio as gr
 
 from studio.jobs.spec import HUB_ID
+from studio.model_source import check_checkpoint_folder
 from studio.model_summary import attention_kinds, kv_roles, load_full_config, parameter_shapes, structure_summary
 from studio.modeling import load_text_config, original_widths
-from studio.safety import studio_path
 from studio.ui import access
 from studio.ui.components import OpenDropdown
 from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, Shared, StudioContext
@@ -28,16 +27,16 @@ def hub_config_folder(repo_id: str) -> Path:
 
 
 def open_model(source: str, ctx: StudioContext) -> dict:
-    """The model state for a choice or a local folder; config only, no weights are read."""
+    """The model state for a choice, a hub id or a local folder (absolute and resolved, as
+    `model_source` gives it); config only, no weights are read."""
     source = (source or "").strip() or DEMO_MODEL
     if source == DEMO_MODEL:
         config_path, checkpoint, label = ctx.demo_dir, ctx.demo_dir, f"demo model ({ctx.demo_dir})"
     elif source == E4B_CONFIG_ONLY:
         config_path, checkpoint, label = ctx.reference_config, None, E4B_CONFIG_ONLY
-    elif Path(source).expanduser().is_dir():
-        path = Path(source).expanduser().resolve()
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model: {path} is not a checkpoint folder (no config.json)")
+    elif Path(source).is_absolute() and Path(source).is_dir():
+        # config.json of Gemma 4, shards whose headers parse and match it (studio.model_source)
+        path = check_checkpoint_folder(Path(source), "model")
         config_path, checkpoint, label = path, path, str(path)
     elif HUB_ID.match(source):
         # Only config.json is fetched (or read from the local hub cache); jobs download the weights.
@@ -104,14 +103,29 @@ def summary_markdown(model_state: dict) -> str:
     return "\n".join(lines)
 
 
+def model_source(source: str, ctx: StudioContext) -> str:
+    """A typed model choice as `open_model` takes it: the menu's choices and hub ids as typed, a
+    folder through `access.visitor_path` (expanded, resolved, confined on a Space)."""
+    source = (source or "").strip() or DEMO_MODEL
+    if source in (DEMO_MODEL, E4B_CONFIG_ONLY):
+        return source
+    is_hub_id = bool(HUB_ID.match(source)) and ".." not in source.split("/")
+    try:
+        folder = access.visitor_path(source, "model", ctx.home)
+    except ValueError:
+        # 'owner/name' that is nothing under STUDIO_HOME names a hub model; a link there that
+        # leads out is refused like any path.
+        if is_hub_id and not os.path.lexists(Path(ctx.home) / source):
+            return source
+        raise
+    return source if is_hub_id and not folder.is_dir() else str(folder)
+
+
 def load_model(source: str, ctx: StudioContext, current: dict | None = None):
     """The model state and its summary; on bad input, a warning above the current model's summary
     (the loaded model stays)."""
     try:
-        if access.on_space() and Path(str(source)).is_absolute():
-            # A hosted studio reads local checkpoints only from its own data folder.
-            studio_path(source, "model", home=Path(ctx.home))
-        state = open_model(source, ctx)
+        state = open_model(model_source(source, ctx), ctx)
     except (ValueError, FileNotFoundError) as err:
         kept = f"\n\nStill loaded:\n\n{summary_markdown(current)}" if current else ""
         return gr.skip(), f"⚠ {err}{kept}"

@@ -32,6 +32,8 @@ from studio.plan_table import (
     plan_totals,
 )
 from studio.plots import size_breakdown_figure, widths_figure
+from studio.safety import SPEC_UPLOAD_MAX_BYTES, check_upload
+from studio.ui import access
 from studio.ui.components import OpenDropdown
 from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, Shared, StudioContext, cached_plot
 from studio.ui.model_tab import layers_of_state, shapes_of_state, text_config_of_state
@@ -257,6 +259,7 @@ def upload_preset(file, model_state, plan_state=None):
         if file is None:
             raise ValueError("uploaded preset: no file")
         path = Path(file if isinstance(file, str) else file.name)
+        check_upload(path, "preset file", SPEC_UPLOAD_MAX_BYTES)
         try:
             plan = resolve_plan(read_preset(path), text_config, name=path.stem)
         except ValueError as err:
@@ -277,7 +280,7 @@ def statistics_choices(ctx: StudioContext) -> list[tuple[str, str]]:
     return choices
 
 
-def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_state):
+def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_state, ctx: StudioContext):
     """Widths from FLAP scores for a global ratio; locked layers keep their widths."""
     from studio.flap.pipeline import load_statistics, suggested_plan
     from studio.job_results import find_statistics
@@ -287,7 +290,9 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
         base = _require_plan(plan_state)
         if not (stats_path or "").strip():
             raise ValueError("statistics: choose a job with statistics, or give a flap_stats.safetensors, a prune output or a job folder")
-        path = find_statistics(stats_path)
+        # The typed path and the file found under it (a link there could lead out) are both checked.
+        found = find_statistics(access.visitor_path(stats_path, "statistics", ctx.home))
+        path = access.visitor_path(found, "statistics", ctx.home)
         _, scores, metric = load_statistics(path)
         if len(scores) != len(base.widths):
             raise ValueError(f"statistics: cover {len(scores)} layers, the model has {len(base.widths)}")
@@ -365,7 +370,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     stats_job.focus(lambda: gr.update(choices=statistics_choices(ctx)), None, stats_job, api_visibility="private")
     stats_job.input(lambda folder: folder or gr.skip(), stats_job, stats_path, api_visibility="private")
     suggest_button.click(
-        suggest, [stats_path, target, max_ratio, shared.plan_state, shared.model_state],
+        partial(suggest, ctx=ctx), [stats_path, target, max_ratio, shared.plan_state, shared.model_state],
         [table, shared.plan_state, suggest_message], api_name="suggest_plan",
     )
     save_button.click(partial(save_preset, ctx=ctx), [save_name, shared.plan_state], [save_message, shared.plan_state],

@@ -1,21 +1,18 @@
 """Access rules on a Space (sign-in to submit, a per-user job limit) and locally (no sign-in).
 
-The handler-level tests hand the rules a `gr.OAuthProfile` or None, as Gradio does; the app-level
-test launches a small Blocks page with a LoginButton on loopback and calls it with gradio_client,
-once anonymously and once with the session cookie of Gradio's own (mocked, offline) login route.
+These tests hand the rules a `gr.OAuthProfile` or None, as Gradio does; tests/space/test_space_app.py
+checks the same rules in the launched app, signed in through its real login routes.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-import httpx
 import pytest
 
 import gradio as gr
 import gradio.oauth
-from gradio_client import Client
-from gradio_client.exceptions import AppError
 
 from studio.ui import access
 
@@ -131,67 +128,40 @@ def test_login_button_needs_the_spaces_oauth_settings(space, monkeypatch):
     assert login.endpoint.__qualname__.startswith("_add_oauth_routes.")
 
 
-# --- a launched page ----------------------------------------------------------------------------
+def test_only_the_submitter_may_cancel_on_a_space(space):
+    assert access.require_canceller(ALICE, job("a1", "alice", "running")) == "alice"
+    with pytest.raises(gr.Error) as err:
+        access.require_canceller(ALICE, job("b1", "bob", "queued"))
+    assert err.value.title == "Not your job"
+    assert err.value.message == "job b1: it was submitted by bob; only its submitter may cancel it"
+    with pytest.raises(gr.Error, match=r"job old: it was submitted outside this page \(no submitter recorded\)"):
+        access.require_canceller(ALICE, {"id": "old", "status": "queued"})
+    with pytest.raises(gr.Error, match="to cancel jobs"):
+        access.require_canceller(None, job("a1", "alice", "queued"))
 
 
-@pytest.fixture
-def mini_studio(space, monkeypatch):
-    """A page with a LoginButton, a gated submit and an open browse; Gradio's offline login mock."""
-    monkeypatch.setattr(
-        gradio.oauth,
-        "_get_mocked_oauth_info",
-        lambda: {
-            "access_token": "hf_oauth_alice",
-            "token_type": "bearer",
-            "scope": "openid profile",
-            "expires_at": 9_999_999_999,
-            "userinfo": {"name": "Alice A.", "preferred_username": "alice", "profile": "", "picture": ""},
-        },
-    )
-    jobs = [job("a1", "alice", "queued")]
-
-    def submit(spec: str, profile: gr.OAuthProfile | None) -> str:
-        user = access.require_submitter(profile, jobs)
-        jobs.append(job(f"a{len(jobs) + 1}", user, "queued"))
-        return f"{user} submitted {spec}"
-
-    def browse(profile: gr.OAuthProfile | None) -> str:
-        return f"presets for {access.current_user(profile) or 'anonymous'}"
-
-    with gr.Blocks() as page:
-        gr.LoginButton()  # as access.login_button() makes on a Space, with Gradio's local routes
-        spec = gr.Textbox()
-        out = gr.Textbox()
-        gr.Button("submit").click(submit, spec, out, api_name="submit")
-        gr.Button("browse").click(browse, None, out, api_name="browse")
-    page.queue()
-    _, url, _ = page.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
-    try:
-        yield url.rstrip("/")
-    finally:
-        page.close()
+def test_locally_anyone_cancels(local):
+    assert access.require_canceller(None, job("b1", "bob", "queued")) == access.LOCAL_USER
 
 
-def _session_cookie(url: str) -> str:
-    """Sign in through Gradio's login route; the cookie is `Secure`, so copy it by hand over http."""
-    with httpx.Client(base_url=url) as http:
-        login = http.get("/login/huggingface")
-        assert login.status_code in (302, 307)
-        callback = http.get(login.headers["location"])
-        assert callback.status_code in (302, 307)
-        cookie = callback.cookies.get("session") or httpx.Cookies(callback.cookies).get("session")
-    assert cookie
-    return cookie
+def test_visitor_paths_are_confined_on_a_space_only(space, monkeypatch, tmp_path):
+    from studio.calibration import BUNDLED_DATA, OFFLINE_CALIBRATION_TEXT
 
+    home = tmp_path / "home"
+    (home / "models" / "demo").mkdir(parents=True)
+    assert access.visitor_path("models/demo", "model", home) == (home / "models" / "demo").resolve()
+    assert access.visitor_path(OFFLINE_CALIBRATION_TEXT, "calibration.source", home) == OFFLINE_CALIBRATION_TEXT
+    for typed in ("~", "../home2", str(tmp_path), str(BUNDLED_DATA.parent)):
+        with pytest.raises(ValueError, match=f"^model: '{typed}' is outside the folders the studio may read"):
+            access.visitor_path(typed, "model", home)
+    assert access.text_source("hf:wikitext/wikitext-2-raw-v1/train", "evaluate.source", home) == "hf:wikitext/wikitext-2-raw-v1/train"
+    with pytest.raises(ValueError, match="^evaluate.source: '/etc/hosts' is outside"):
+        access.text_source("/etc/hosts", "evaluate.source", home)
+    with pytest.raises(ValueError, match="^evaluate.source: a path is required"):
+        access.text_source("  ", "evaluate.source", home)
 
-def test_launched_page_gates_submit_on_the_session(mini_studio):
-    anonymous = Client(mini_studio, verbose=False)
-    assert anonymous.predict(api_name="/browse") == "presets for anonymous"
-    with pytest.raises(AppError, match="Sign in with Hugging Face"):
-        anonymous.predict("spec-1", api_name="/submit")
-
-    signed_in = Client(mini_studio, verbose=False, headers={"Cookie": f"session={_session_cookie(mini_studio)}"})
-    assert signed_in.predict(api_name="/browse") == "presets for alice"
-    assert signed_in.predict("spec-2", api_name="/submit") == "alice submitted spec-2"
-    with pytest.raises(AppError, match=r"alice already has 2 jobs queued or running \(a1, a2\)"):
-        signed_in.predict("spec-3", api_name="/submit")
+    monkeypatch.delenv("SPACE_ID")  # the same paths locally: expanded and resolved, not confined
+    monkeypatch.chdir(home)
+    assert access.visitor_path("~", "model", home) == Path.home().resolve()
+    assert access.visitor_path("models/../..", "model", home) == tmp_path.resolve()
+    assert access.text_source("/etc/hosts", "evaluate.source", home) == "/etc/hosts"

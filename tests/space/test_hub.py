@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 from huggingface_hub import constants
@@ -174,3 +176,72 @@ def test_push_a_real_export_of_the_demo_model(demo_model_dir, tmp_path, hub):
     assert all(repo.files[name] == (export / name).read_bytes() for name in local)
     assert repo.commits[-1]["added"] == ["README.md"] and "README.md" not in repo.commits[0]["added"]
     assert report.files == [name for name in local if name != "README.md"]
+
+
+@pytest.fixture
+def no_local_login(monkeypatch, tmp_path):
+    """No HF_TOKEN and an empty login cache: the token must come from where the test puts it."""
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "hf-home" / "token"))
+    return Path(constants.HF_TOKEN_PATH)
+
+
+def test_cli_push_reads_the_login_cache(export_dir, hub, capsys, no_local_login):
+    no_local_login.parent.mkdir(parents=True)
+    no_local_login.write_text("hf_alice")  # what `hf auth login` leaves at HF_TOKEN_PATH
+    assert main(["push", str(export_dir), REPO, "--endpoint", hub.url]) == 0
+    captured = capsys.readouterr()
+    assert f"to {hub.url}/{REPO}" in captured.out
+    assert "warning" not in captured.err
+    assert hub.state.repos[REPO].files["README.md"] == CARD.encode()
+
+
+def test_cli_push_reads_a_token_file(export_dir, hub, capsys, no_local_login, tmp_path):
+    token_file = tmp_path / "token.txt"
+    token_file.write_text("  hf_alice\n")
+    assert main(["push", str(export_dir), REPO, "--token-file", str(token_file), "--endpoint", hub.url]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert set(hub.state.repos[REPO].files) == {".gitattributes", "README.md", *EXPORT_FILES}
+
+    # The file's token is the one sent: another user's token is refused by the Hub (exit 1).
+    token_file.write_text("hf_mallory\n")
+    assert main(["push", str(export_dir), "alice/other", "--token-file", str(token_file), "--endpoint", hub.url]) == 1
+    assert "alice/other" not in hub.state.repos
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"error: --token-file: no such file: .*missing\.txt"),
+        ("", r"error: --token-file: .*token\.txt must hold exactly one token \(got 0 words\)"),
+        ("hf_alice hf_bob\n", r"error: --token-file: .*token\.txt must hold exactly one token \(got 2 words\)"),
+        (b"\xff\xfe\x00", r"error: --token-file: .*token\.txt is not a text file holding a token \(UnicodeDecodeError\)"),
+    ],
+)
+def test_cli_push_bad_token_files_exit_2_before_any_request(export_dir, hub, capsys, no_local_login, tmp_path, content, message):
+    path = tmp_path / ("missing.txt" if content is None else "token.txt")
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is not None:
+        path.write_text(content)
+    assert main(["push", str(export_dir), REPO, "--token-file", str(path), "--endpoint", hub.url]) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert hub.state.requests == []
+
+
+def test_cli_push_token_on_the_command_line_works_but_warns(export_dir, hub, capsys, no_local_login):
+    assert main(["push", str(export_dir), REPO, "--token", "hf_alice", "--endpoint", hub.url]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: --token puts the token on the command line")
+    assert "other users of this machine" in captured.err and "--token-file" in captured.err
+    assert REPO in hub.state.repos
+
+
+def test_cli_push_takes_one_token_source(export_dir, hub, capsys, tmp_path):
+    (tmp_path / "token.txt").write_text("hf_alice")
+    with pytest.raises(SystemExit) as exited:
+        main(["push", str(export_dir), REPO, "--token", "hf_alice", "--token-file", str(tmp_path / "token.txt")])
+    assert exited.value.code == 2
+    assert "argument --token-file: not allowed with argument --token" in capsys.readouterr().err
+    assert hub.state.requests == []

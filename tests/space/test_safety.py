@@ -13,7 +13,10 @@ from studio.safety import (
     MIB,
     SPEC_UPLOAD_MAX_BYTES,
     check_upload,
+    confine,
+    expand_path,
     read_text_upload,
+    readable_roots,
     resolve_inside,
     studio_path,
 )
@@ -61,6 +64,31 @@ def test_symlink_escapes_are_refused_and_inner_links_accepted(home, tmp_path):
 def test_empty_and_malformed_paths(home, bad, message):
     with pytest.raises(ValueError, match=f"^export: {message}"):
         resolve_inside(home, bad, "export")
+
+
+def test_several_roots_and_tilde(home, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "text.txt").write_text("words")
+    roots = [home, data]
+    # relative paths start at the first root; absolute ones may lie in any
+    assert confine("exports/demo-lite", "model", roots) == (home / "exports" / "demo-lite").resolve()
+    assert confine(str(data / "text.txt"), "text", roots) == (data / "text.txt").resolve()
+    assert confine("../data/text.txt", "text", roots) == (data / "text.txt").resolve()
+    with pytest.raises(ValueError, match=rf"^text: '\.\./secret\.txt' is outside the folders the studio may read \({re.escape(str(home.resolve()))}, {re.escape(str(data.resolve()))}\)$"):
+        confine("../secret.txt", "text", roots)
+    monkeypatch.setenv("HOME", str(home))  # `~` is the user's home, expanded before the check
+    assert confine("~/exports", "export", roots) == (home / "exports").resolve()
+    assert expand_path("~/x/../y", "output") == (home / "y").resolve()
+    assert expand_path("rel", "output", base=data) == (data / "rel").resolve()
+
+
+def test_readable_roots_are_studio_home_then_the_bundled_texts(home):
+    from studio.calibration import BUNDLED_DATA, OFFLINE_CALIBRATION_TEXT, OFFLINE_EVALUATION_TEXT
+
+    assert readable_roots(home) == (home, BUNDLED_DATA)
+    for text in (OFFLINE_CALIBRATION_TEXT, OFFLINE_EVALUATION_TEXT):
+        assert confine(text, "calibration.source", readable_roots(home)) == text.resolve()
 
 
 def test_studio_path_uses_studio_home(home, monkeypatch):
@@ -153,47 +181,3 @@ def test_code_binds_to_loopback_and_only_the_space_dockerfiles_use_all_interface
         text = (REPO_ROOT / dockerfile).read_text()
         assert '"--host", "0.0.0.0", "--port", "7860"' in text, dockerfile
     assert "127.0.0.1:7860" in (REPO_ROOT / "README.md").read_text()
-
-
-# --- uploads through a launched page ------------------------------------------------------------
-
-
-def test_launched_page_rejects_oversized_uploads(tmp_path):
-    """Gradio's cap (launch(max_file_size=MAX_UPLOAD_BYTES)) refuses any upload over it; a handler's
-    per-kind limit (a spec file: 1 MiB) refuses smaller ones with the field's name."""
-    import httpx
-
-    import gradio as gr
-    from gradio_client import Client, handle_file
-    from gradio_client.exceptions import AppError
-
-    from studio.safety import MAX_UPLOAD_BYTES, SPEC_UPLOAD_MAX_BYTES
-
-    def load_spec(path: str) -> str:
-        return f"{len(read_text_upload(path, 'spec file', SPEC_UPLOAD_MAX_BYTES))} characters"
-
-    # show_error=True, as studio/ui/app.py launches: a handler's ValueError reaches the visitor.
-    with gr.Blocks() as page:
-        upload = gr.File(type="filepath")
-        out = gr.Textbox()
-        upload.upload(load_spec, upload, out, api_name="load_spec")
-    page.queue()
-    _, url, _ = page.launch(
-        server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, show_error=True, max_file_size=MAX_UPLOAD_BYTES
-    )
-    try:
-        client = Client(url, verbose=False)
-        small = tmp_path / "spec.yaml"
-        small.write_text("model: demo\n")
-        assert client.predict(handle_file(str(small)), api_name="/load_spec") == "12 characters"
-        big_spec = tmp_path / "big.yaml"
-        big_spec.write_bytes(b"#" * (SPEC_UPLOAD_MAX_BYTES + 1))
-        with pytest.raises(AppError, match=r"spec file: the upload 'big\.yaml' is 1,048,577 bytes \(1\.0 MiB\), over the 1 MiB limit"):
-            client.predict(handle_file(str(big_spec)), api_name="/load_spec")
-
-        too_big = b"a" * (MAX_UPLOAD_BYTES + 1)
-        response = httpx.post(f"{url.rstrip('/')}/gradio_api/upload", files={"files": ("calib.txt", too_big)}, timeout=120)
-        assert response.status_code == 413
-        assert "maximum allowed size" in response.text
-    finally:
-        page.close()
