@@ -5,6 +5,11 @@ bias. A FLAP-pruned checkpoint has per-layer widths (`text_config.intermediate_s
 compensating bias, so it is loaded through the two subclasses below, which rebuild each layer's MLP
 at its own width before the weights are read. Their architecture names are written into pruned
 checkpoints: a stock loader then fails on the shapes instead of running with the bias dropped.
+
+Every model construction in the studio (these loaders, the INT4 loader, meta-device builds) runs
+inside `model_construction()`, one process-wide lock, and every load ends with
+`probe_loaded_model`: one short forward that must give finite logits with tied weights sharing
+storage.
 """
 
 from __future__ import annotations
