@@ -482,7 +482,7 @@ def _dequantize_eagerly(model) -> None:
     replies stalled and speeds varied. Measured on a pruned demo INT4 export (2 cores): first forward
     22.6 s compiled vs 2.0 s eager, 32 tokens 28.9 s vs 6.7 s. Eager dequantisation compiles nothing.
     """
-    from gptqmodel.nn_modules.qlinear import BaseQuantLinear
+    BaseQuantLinear = import_gptqmodel("gptqmodel.nn_modules.qlinear").BaseQuantLinear
 
     for module in model.modules():
         if isinstance(module, BaseQuantLinear):
