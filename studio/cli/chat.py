@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -29,6 +30,11 @@ def add_parser(subparsers) -> None:
         choices=["auto", "vllm", "transformers"],
         default="auto",
         help="what runs folder models (default: auto, vLLM where it can serve them)",
+    )
+    parser.add_argument(
+        "--studio-plugin",
+        action="store_true",
+        help="vLLM servers use the studio's vllm_flap_plugin (for a FLAP folder that carries none, or another one)",
     )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default: 0)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default: 0.95)")
@@ -84,9 +90,12 @@ def run(args) -> int:
     user_message(args.prompt, images)  # an empty prompt or unreadable image fails before any server starts
     console = Console(file=sys.stderr)
     try:
-        with sigterm_as_ctrl_c(), ServerManager(startup_timeout_s=args.timeout) as manager:
+        # Loaders (GPTQModel's especially) print banners: stdout is kept for the JSON alone.
+        with contextlib.redirect_stdout(sys.stderr), sigterm_as_ctrl_c(), ServerManager(
+            startup_timeout_s=args.timeout
+        ) as manager:
             (backend_a, engine_a), (backend_b, engine_b) = open_backends(
-                sources, manager, args.engine, timeout_s=args.timeout
+                sources, manager, args.engine, timeout_s=args.timeout, studio_plugin=args.studio_plugin
             )
             chat = SideBySideChat(backend_a, backend_b, settings=settings)
             stream_to(console, chat, chat.send(args.prompt, images))
