@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
-import signal
 import sys
 from pathlib import Path
 
@@ -31,6 +31,11 @@ def add_parser(subparsers) -> None:
         default="auto",
         help="what runs folder models (default: auto, vLLM where it can serve them)",
     )
+    parser.add_argument(
+        "--studio-plugin",
+        action="store_true",
+        help="vLLM servers use the studio's vllm_flap_plugin (for a FLAP folder that carries none, or another one)",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default: 0)")
     parser.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling threshold (default: 0.95)")
     parser.add_argument("--max-tokens", type=int, default=256, help="reply length cap in tokens (default: 256)")
@@ -41,7 +46,7 @@ def add_parser(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def side_by_side(chat, stats_line):
+def side_by_side(chat):
     """A rich table with one column per pane: its label, reply so far, and statistics."""
     from rich.table import Table
 
@@ -70,11 +75,10 @@ def stats_line(reply) -> str:
 
 def run(args) -> int:
     from rich.console import Console
-    from rich.live import Live
 
-    from studio.cli.serve import raise_keyboard_interrupt
+    from studio.cli.serve import sigterm_as_ctrl_c
     from studio.serve.chat import SamplingSettings, user_message
-    from studio.serve.manager import ServerManager
+    from studio.serve.manager import ServerManager, ServerStartError
     from studio.serve.side_by_side import SideBySideChat
     from studio.serve.sources import ModelSource, open_backends
 
@@ -84,31 +88,47 @@ def run(args) -> int:
         raise FileNotFoundError(f"--image: no such file {args.image}")
     images = [args.image] if args.image else []
     user_message(args.prompt, images)  # an empty prompt or unreadable image fails before any server starts
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)  # servers stop as on Ctrl-C
     console = Console(file=sys.stderr)
-    with ServerManager(startup_timeout_s=args.timeout) as manager:
-        opened = open_backends(sources, manager, args.engine, timeout_s=args.timeout)
-        (backend_a, engine_a), (backend_b, engine_b) = opened
-        chat = SideBySideChat(backend_a, backend_b, settings=settings)
-        try:
-            updates = chat.send(args.prompt, images)
-            with Live(side_by_side(chat, stats_line), console=console, refresh_per_second=8) as live:
-                for _update in updates:
-                    live.update(side_by_side(chat, stats_line))
-                live.update(side_by_side(chat, stats_line))
-        except KeyboardInterrupt:
-            chat.stop()
-            chat.wait(30)
-            console.print("stopped")
-        replies = {pane: chat.panes[pane].replies[-1] for pane in ("A", "B")}
-        result = {
-            "prompt": args.prompt,
-            "image": str(args.image) if args.image else None,
-            "settings": settings.to_dict(),
-            "panes": {
-                pane: {"source": source_text, "model": chat.label(pane), "engine": engine, **replies[pane].to_dict()}
-                for pane, source_text, engine in (("A", args.a, engine_a), ("B", args.b, engine_b))
-            },
-        }
+    try:
+        # Loaders (GPTQModel's especially) print banners: stdout is kept for the JSON alone.
+        with contextlib.redirect_stdout(sys.stderr), sigterm_as_ctrl_c(), ServerManager(
+            startup_timeout_s=args.timeout
+        ) as manager:
+            (backend_a, engine_a), (backend_b, engine_b) = open_backends(
+                sources, manager, args.engine, timeout_s=args.timeout, studio_plugin=args.studio_plugin
+            )
+            chat = SideBySideChat(backend_a, backend_b, settings=settings)
+            stream_to(console, chat, chat.send(args.prompt, images))
+    except ServerStartError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # while servers were starting: they are stopped by now
+        print("stopped", file=sys.stderr)
+        return 130
+    replies = {pane: chat.panes[pane].replies[-1] for pane in ("A", "B")}
+    result = {
+        "prompt": args.prompt,
+        "image": str(args.image) if args.image else None,
+        "settings": settings.to_dict(),
+        "panes": {
+            pane: {"source": source_text, "model": chat.label(pane), "engine": engine, **replies[pane].to_dict()}
+            for pane, source_text, engine in (("A", args.a, engine_a), ("B", args.b, engine_b))
+        },
+    }
     print(json.dumps(result, ensure_ascii=False))
     return 1 if any(reply.error for reply in replies.values()) else 0
+
+
+def stream_to(console, chat, updates) -> None:
+    """Render both panes live until the turn ends; Ctrl-C stops the replies where they are."""
+    from rich.live import Live
+
+    try:
+        with Live(side_by_side(chat), console=console, refresh_per_second=8) as live:
+            for _update in updates:
+                live.update(side_by_side(chat))
+            live.update(side_by_side(chat))
+    except KeyboardInterrupt:
+        chat.stop()
+        chat.wait(30)
+        console.print("stopped")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -64,6 +65,16 @@ def raise_keyboard_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """While active, SIGTERM ends the command as Ctrl-C does, so its vLLM servers are stopped."""
+    previous = signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run(args) -> int:
     from studio.serve.manager import ServerManager, ServerSpec, ServerStartError
 
@@ -77,9 +88,7 @@ def run(args) -> int:
         tensor_parallel_size=args.tensor_parallel_size,
         studio_plugin=args.studio_plugin,
     )
-    # SIGTERM ends the server like Ctrl-C does: through the manager, which stops the whole group.
-    signal.signal(signal.SIGTERM, raise_keyboard_interrupt)
-    with ServerManager(startup_timeout_s=args.startup_timeout) as manager:
+    with sigterm_as_ctrl_c(), ServerManager(startup_timeout_s=args.startup_timeout) as manager:
         manager.check(spec)  # a folder that cannot be served is one line, before anything starts
         try:
             print(f"starting vLLM for {spec.path} (log: {manager.log_dir})", file=sys.stderr, flush=True)

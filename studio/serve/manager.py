@@ -259,6 +259,16 @@ def loadable_plugins(folders: Sequence[Path]) -> list[str]:
     ]
 
 
+def stray_weight_files(model_dir: Path) -> list[str]:
+    """Files that vLLM would take for weights but are not: FLAP statistics beside the weights of
+    a folder without an index (vLLM then loads every *.safetensors in it)."""
+    from studio.flap.pipeline import STATS_FILE  # imports torch; only reached when starting a server
+
+    if (model_dir / "model.safetensors.index.json").is_file():
+        return []
+    return [STATS_FILE] if (model_dir / STATS_FILE).is_file() else []
+
+
 def check_servable(
     model_dir: str | Path,
     *,
@@ -271,8 +281,9 @@ def check_servable(
     `pythonpath`: the folders the server gets on PYTHONPATH (for an export, the folder itself);
     `vllm_plugins`: the server's VLLM_PLUGINS (vLLM then loads only the plugins it names).
     A FLAP-pruned folder needs one FFN width per layer in its config, a known Gemma 4 architecture
-    and a vLLM plugin that loads from that path. With tensor parallelism t every FFN width must be
-    a multiple of 128 * t (`studio.plan.check_tensor_parallel`).
+    and a vLLM plugin that loads from that path; no folder may hold FLAP statistics that vLLM
+    would load as weights. With tensor parallelism t every FFN width must be a multiple of
+    128 * t (`studio.plan.check_tensor_parallel`).
     """
     from studio.vllm_plugin_files import flap_architectures, stock_architectures
 
@@ -302,14 +313,19 @@ def check_servable(
                 raise ValueError(f"{where} cannot be served: {problem}")
             raise ValueError(
                 f"{where} is FLAP-pruned but no vLLM plugin would load: no *.egg-info declaring "
-                "vllm.general_plugins in the folder or on PYTHONPATH (re-export it, or serve it with the "
-                "studio's plugin: studio_plugin=True, `python -m studio serve --studio-plugin`)"
+                "vllm.general_plugins in the folder or on PYTHONPATH (re-export it, or use the studio's plugin: "
+                "ServerSpec(studio_plugin=True), --studio-plugin of `python -m studio serve` and `chat`)"
             )
         if vllm_plugins is not None and not set(plugins) & set(vllm_plugins.split(",")):
             raise ValueError(
                 f"{where} cannot be served: VLLM_PLUGINS={vllm_plugins!r} leaves out its plugin "
                 f"{', '.join(dict.fromkeys(plugins))}; unset it or add that name"
             )
+    if stray := stray_weight_files(model_dir):
+        raise ValueError(
+            f"{where} cannot be served: it has no model.safetensors.index.json, so vLLM would load "
+            f"{stray[0]} as weights; move it out of the folder (exports never hold it)"
+        )
     if tensor_parallel_size > 1:
         from studio.modeling import layer_widths, load_text_config
         from studio.plan import check_tensor_parallel

@@ -78,16 +78,19 @@ def fit_max_model_len(
     config: dict, kv_budget_bytes: float, cap: int | None = None, dtype: str | None = None
 ) -> int:
     """The longest context (a multiple of 16 tokens, at most `cap` and the model's limit) whose KV
-    cache fits in `kv_budget_bytes`. Raises ValueError when not even 512 tokens fit."""
+    cache fits in `kv_budget_bytes`; a limit below 512 tokens is kept as it is. Raises ValueError
+    when not even min(512, limit) tokens fit."""
     limit = int(_text_config(config).get("max_position_embeddings") or 2**20)
     if cap is not None:
         limit = min(limit, int(cap))
-    if kv_cache_bytes(config, MIN_CONTEXT_TOKENS, dtype) > kv_budget_bytes:
+    floor = min(MIN_CONTEXT_TOKENS, limit)
+    if kv_cache_bytes(config, floor, dtype) > kv_budget_bytes:
         raise ValueError(
-            f"max_model_len: the KV cache for {MIN_CONTEXT_TOKENS} tokens does not fit in "
-            f"{kv_budget_bytes / GIB:.2f} GiB"
+            f"max_model_len: the KV cache for {floor} tokens does not fit in {kv_budget_bytes / GIB:.2f} GiB"
         )
-    low, high = MIN_CONTEXT_TOKENS, max(limit, MIN_CONTEXT_TOKENS)
+    if limit <= MIN_CONTEXT_TOKENS:
+        return limit
+    low, high = MIN_CONTEXT_TOKENS, limit
     while low < high:  # the largest length that fits; the cost grows with length
         mid = (low + high + 1) // 2
         if kv_cache_bytes(config, mid, dtype) <= kv_budget_bytes:

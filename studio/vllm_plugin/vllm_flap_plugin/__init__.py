@@ -60,13 +60,15 @@ def route_pruned_stock_architectures(registry, on_route=None) -> bool:
 
     routed: set[str] = set()
 
-    def normalize_arch(architecture, model_config):
+    def normalize_arch(architecture, *args, **kwargs):
+        # Arguments are passed on as they came, so a vLLM that adds some keeps working.
+        model_config = args[0] if args else kwargs.get("model_config")
         if architecture in STOCK_TO_FLAP and is_flap_pruned(getattr(model_config, "hf_config", None)):
             if on_route is not None and architecture not in routed:
                 routed.add(architecture)
                 on_route(architecture, STOCK_TO_FLAP[architecture])
             return STOCK_TO_FLAP[architecture]
-        return normalize(architecture, model_config)
+        return normalize(architecture, *args, **kwargs)
 
     normalize_arch.flap_routing = True
     registry._normalize_arch = normalize_arch
