@@ -391,10 +391,8 @@ def create_ui(ctx: StudioContext, shared: Shared):
                             calibration_source, samples, seqlen, seed, compensation_choice="bias", sequential_choice=False,
                             profile: gr.OAuthProfile | None = None):
         # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
-        try:
-            user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
-        except gr.Error as err:
-            return "", f"⚠ {err.message}"
+        # A refusal is an error (API callers get it as one), like cancelling someone else's job.
+        user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
         flap = {"compensation": compensation_choice, "sequential": bool(sequential_choice)}
         return submit_job(output_name, quantize_after, evaluate_after, model_state, plan_state,
                           calibration_source, samples, seqlen, seed, ctx, user, flap)
