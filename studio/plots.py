@@ -37,7 +37,7 @@ COMPONENT_COLORS = {
 MEASURED_COLOR = "#212529"
 AXIS_STYLE = dict(gridcolor="#e9ecef", zerolinecolor="#adb5bd", linecolor="#adb5bd", automargin=True)
 # Below the plot: a legend of six layer kinds wraps into rows that would cover the title.
-LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.22, xanchor="left", x=0)
+LEGEND_BELOW = dict(orientation="h", yanchor="top", y=-0.3, xanchor="left", x=0)
 
 
 def _layout_settings(title: str, xaxis: dict | None = None, yaxis: dict | None = None, **layout) -> dict:
@@ -199,7 +199,7 @@ def widths_figure(
         yaxis=dict(title="FFN width (channels)"),
         barmode="overlay",
         legend=LEGEND_BELOW,
-        margin=dict(l=60, r=20, t=50, b=110),
+        margin=dict(l=60, r=20, t=50, b=130),
     )
 
 
@@ -456,7 +456,8 @@ def compare_jobs_figure(a: dict, b: dict) -> go.Figure:
     fig.update_xaxes(**AXIS_STYLE)
     fig.update_yaxes(**AXIS_STYLE)
     return fig.update_layout(
-        _layout_settings(f"{names[0]} vs {names[1]}", barmode="group", height=720, margin=dict(l=60, r=20, t=90, b=50))
+        _layout_settings(f"{names[0]} vs {names[1]}", barmode="group", height=760, margin=dict(l=60, r=20, t=90, b=90),
+                         legend=dict(orientation="h", yanchor="top", y=-0.08, xanchor="left", x=0))
     )
 
 
