@@ -188,3 +188,17 @@ def test_a_comparison_panel_without_data_says_so():
         "quality: neither job evaluated perplexity",
         "GPTQ: neither job quantized",
     ]
+
+
+def test_the_figures_built_without_plotly_validation_are_valid(e4b):
+    """widths_figure and size_breakdown_figure skip plotly.py's checks for speed: check them here."""
+    import plotly.graph_objects as go
+
+    config, shapes, plan = e4b
+    estimate = estimate_sizes(shapes, plan.widths, plan.original)
+    figures = [
+        widths_figure(plan.widths, original_widths(config), attention_kinds(config), kv_roles(config)),
+        size_breakdown_figure(estimate.bytes, measured={"pruned": 14_000_000_000}),
+    ]
+    for figure in figures:
+        go.Figure(figure.to_dict())  # raises ValueError on any invalid property or value
