@@ -48,17 +48,18 @@ def _layout_settings(title: str, xaxis: dict | None = None, yaxis: dict | None =
     """
     settings = dict(
         template={},
-        title=title,
+        title=dict(text=title),  # the object form: a figure built without validation is sent as written
         plot_bgcolor="white",
         paper_bgcolor="white",
         margin=dict(l=60, r=20, t=50, b=50),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1),
     )
     settings.update(layout)
-    if xaxis is not None:
-        settings["xaxis"] = {**AXIS_STYLE, **xaxis}
-    if yaxis is not None:
-        settings["yaxis"] = {**AXIS_STYLE, **yaxis}
+    for name, axis in (("xaxis", xaxis), ("yaxis", yaxis)):
+        if axis is not None:
+            settings[name] = {**AXIS_STYLE, **axis}
+            if isinstance(axis.get("title"), str):
+                settings[name]["title"] = dict(text=axis["title"])
     return settings
 
 
