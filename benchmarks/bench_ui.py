@@ -1,11 +1,11 @@
-"""Responsiveness of the studio UI: table edit -> estimate round trip, and plot payload sizes.
+"""Responsiveness of the studio UI: edit -> estimate round trip, concurrent estimates, plot payloads.
 
-    python benchmarks/bench_ui.py [--url http://127.0.0.1:7860] [--edits 20]
+    python benchmarks/bench_ui.py [--url http://127.0.0.1:7860] [--edits 20] [--users 24] [--calls 10]
 
 Without --url, starts `app.py` on a free port with STUDIO_HOME in a temporary folder (and stops it).
-Through gradio_client, on E4B's config with the card's preset, it times `edit_plan` (a ratio edit)
-followed by `estimate`, as the browser runs them, and prints the median and 90th percentile. It
-then prints the JSON size of each analysis figure for a synthetic 42 x 10240 model (random scores,
+Through gradio_client, on E4B's config with the card's preset, it times `edit_plan` (a width edit,
+a new width each time) followed by `estimate`, as the browser runs them, and prints the median and
+90th percentile. It first prints the JSON size of each analysis figure for a synthetic 42 x 10240 model (random scores,
 the card's widths) beside the size of the raw scores. Last, `--users` concurrent gradio_client
 sessions (each its own browser session with E4B and the card's preset loaded) call `estimate`
 `--calls` times each at once, and it prints the median and 95th percentile latency, the estimates
@@ -55,7 +55,8 @@ def edit_round_trips(url: str, edits: int) -> list[float]:
     seconds = []
     for k in range(edits):
         rows = table["data"]
-        rows[4][4] = 0.1 if k % 2 == 0 else 0.2
+        # A new width every time (10240 - 128 (k + 1)), so no estimate is answered from the cache.
+        rows[4][5] = 10240 - 128 * (k + 1)
         start = time.perf_counter()
         table, _ = client.predict({"headers": table["headers"], "data": rows}, api_name="/edit_plan")
         client.predict(True, "4", "128", api_name="/estimate")

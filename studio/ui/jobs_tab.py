@@ -31,7 +31,7 @@ from studio.ui.context import Shared, StudioContext
 
 POLL_SECONDS = 1.5
 LOG_LINES = 200  # lines shown after filtering
-LOG_READ_LINES = 20000  # lines read from the end of job.log before filtering (GPTQModel is chatty)
+LOG_READ_LINES = 5000  # lines read from the end of job.log before filtering (GPTQModel is chatty; ~4 ms a tick)
 CANCELLABLE = ("queued", "running")
 FOLLOW_LOG_JS = """() => { setTimeout(() => {
     const log = document.querySelector('#job-log textarea'); if (log) log.scrollTop = log.scrollHeight;

@@ -367,7 +367,8 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
         concurrency_limit=1, show_progress="hidden",
     )
     upload.upload(upload_preset, [upload, shared.model_state, shared.plan_state], plan_outputs, api_name="upload_preset")
-    stats_job.focus(lambda: gr.update(choices=statistics_choices(ctx)), None, stats_job, api_visibility="private")
+    gr.on([stats_job.focus, shared.finished_job.change], lambda: gr.update(choices=statistics_choices(ctx)), None,
+          stats_job, api_visibility="private", show_progress="hidden")
     stats_job.input(lambda folder: folder or gr.skip(), stats_job, stats_path, api_visibility="private")
     suggest_button.click(
         partial(suggest, ctx=ctx), [stats_path, target, max_ratio, shared.plan_state, shared.model_state],
@@ -382,7 +383,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     shared.plan_state.change(partial(preset_follows_plan, ctx=ctx), shared.plan_state, preset, api_visibility="private",
                              show_progress="hidden")
     shared.plan_state.change(run_estimate, estimate_inputs, estimate_outputs, api_visibility="private",
-                             show_progress="hidden")
+                             concurrency_limit=None, show_progress="hidden")
     gr.on(
         [quantize.change, bits.change, group_size.change],
         run_estimate,

@@ -172,6 +172,27 @@ def test_edit_submit_watch_and_plot(browser_page):
     expect(page.locator("#analysis-status")).to_contain_text(job_id)  # the newest job is preselected
     expect(page.locator("#analysis-status")).to_contain_text("done")
 
+    # A second job, without GPTQ: Analysis follows it too, then compares the two.
+    page.get_by_role("tab", name="Jobs").click()
+    page.get_by_label("Output name").fill("no-gptq")
+    page.get_by_label("GPTQ W4A16 after pruning").uncheck()
+    page.locator("#submit-job").click()
+    expect(page.locator("#submit-message")).to_contain_text("(no-gptq)", timeout=60_000)
+    second = re.search(r"Submitted job (\S+)", page.locator("#submit-message").inner_text()).group(1)
+    page.locator(f'#job-list .job-row[data-job="{second}"][data-status="done"]').wait_for(timeout=JOB_TIMEOUT_MS)
+    expect(page.locator(f'#job-list .job-row[data-job="{second}"] .job-step[data-stage="quantize"]')).to_contain_text("not run")
+    page.get_by_role("tab", name="Analysis").click()
+    expect(page.locator("#analysis-status")).to_contain_text(second, timeout=60_000)
+    expect(page.locator("#analysis-status")).to_contain_text("not run (the job did not ask for it): gptq, perplexity")
+    expect(page.locator("#plot-gptq")).to_be_hidden()
+    page.locator("#analysis-compare input").click()  # focusing it refreshes the job list
+    page.get_by_role("option", name=re.compile(job_id)).click()
+    page.locator("#analysis-show").click()
+    page.locator("#plot-compare .js-plotly-plot .main-svg").first.wait_for(timeout=60_000)
+    expect(page.locator("#plot-compare")).to_contain_text("GPTQ loss per layer")
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(ARTIFACTS / "5b-analysis-compare.png"), full_page=True)
+
     page.get_by_role("tab", name="Chat").click()
     page.wait_for_timeout(1000)
     page.screenshot(path=str(ARTIFACTS / "6-chat.png"), full_page=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -188,3 +190,23 @@ def test_a_comparison_panel_without_data_says_so():
         "quality: neither job evaluated perplexity",
         "GPTQ: neither job quantized",
     ]
+
+
+def test_the_figures_built_without_plotly_validation_are_valid(e4b):
+    """widths_figure and size_breakdown_figure skip plotly.py's checks for speed: check them here."""
+    import plotly.graph_objects as go
+
+    config, shapes, plan = e4b
+    estimate = estimate_sizes(shapes, plan.widths, plan.original)
+    figures = [
+        widths_figure(plan.widths, original_widths(config), attention_kinds(config), kv_roles(config)),
+        size_breakdown_figure(estimate.bytes, measured={"pruned": 14_000_000_000}),
+    ]
+    for figure in figures:
+        validated = go.Figure(figure.to_dict())  # raises ValueError on any invalid property or value
+        built, checked = json.loads(figure.to_json()), json.loads(validated.to_json())
+        for layout in (built["layout"], checked["layout"]):
+            layout.pop("template")  # plotly.py fills an empty template with a stub; both mean "none"
+        assert built == checked  # nothing was left for plotly.py to coerce (a bare string title, say)
+    assert json.loads(figures[0].to_json())["layout"]["title"] == {"text": "Kept FFN width per layer"}
+    assert json.loads(figures[0].to_json())["layout"]["xaxis"]["title"] == {"text": "layer"}
