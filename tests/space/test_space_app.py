@@ -94,12 +94,16 @@ def client_for(url: str, user: str | None) -> Client:
     return Client(url, verbose=False, headers=headers)
 
 
-def submit(client: Client, output: str, calibration: str | Path = OFFLINE_CALIBRATION_TEXT) -> str:
-    """Load the demo model and a preset in this session, then submit; returns the job id."""
+def submit_form(client: Client, output: str, calibration: str | Path = OFFLINE_CALIBRATION_TEXT) -> tuple[str, str]:
+    """Load the demo model and a preset in this session, then submit; returns (job id, message)."""
     client.predict("demo", api_name="/load_model")
     client.predict("uniform-20", api_name="/load_preset")
-    job_id, _message = client.predict(output, True, False, str(calibration), 4, 64, 0, api_name="/submit_job")
-    return job_id
+    return tuple(client.predict(output, True, False, str(calibration), 4, 64, 0, api_name="/submit_job"))
+
+
+def submit(client: Client, output: str, calibration: str | Path = OFFLINE_CALIBRATION_TEXT) -> str:
+    """`submit_form`'s job id."""
+    return submit_form(client, output, calibration)[0]
 
 
 def job_state(client: Client, job_id: str) -> dict:
@@ -204,7 +208,7 @@ def test_calibration_text_outside_is_refused(space_app, typed):
     url, home, outside = space_app
     typed = typed.replace("OUTSIDE", str(outside))
     erin = client_for(url, "erin")
-    refused(rf"^calibration\.source: '{re.escape(typed)}' is outside the folders the studio may read \({re.escape(str(home))}, ", lambda: submit(erin, "erin-bad-text", calibration=typed))
+    refused(rf"^calibration\.source: '{re.escape(typed)}' is outside the folders the studio may read \({re.escape(str(home))}, ", lambda: submit_form(erin, "erin-bad-text", calibration=typed))
     assert [j for j in erin.predict(api_name="/list_jobs") if j["output"] == "erin-bad-text"] == []
 
 
