@@ -73,8 +73,8 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
         from studio.ui.model_tab import load_model
 
         page.load(lambda: load_model(DEMO_MODEL, ctx), None, [shared.model_state, _summary], api_visibility="private")
-        # The job list, the Jobs tab's selection and `shared.finished_job` (Analysis follows it; the
-        # Chat tab may wire `shared.finished_job.change` to offer a new export).
+        # The job list, the Jobs tab's selection and `shared.finished_job` (Analysis draws that job;
+        # Chat offers its export in pane B).
         _timer, refresh_inputs, refresh_outputs, refresh = returned["studio.ui.jobs_tab"]
         page.load(refresh, refresh_inputs, refresh_outputs, api_visibility="private")
         refresh_choices, job_a, job_b = returned["studio.ui.analysis_tab"]

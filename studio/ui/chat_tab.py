@@ -25,6 +25,8 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.job_results import job_outputs
+from studio.jobs.client import job_store
 from studio.paths import exports_dir
 from studio.safety import IMAGE_UPLOAD_MAX_BYTES, check_upload
 from studio.serve.chat import ChatError, SamplingSettings
@@ -73,6 +75,17 @@ def export_folders(ctx: StudioContext) -> list[Path]:
         return []
     folders = [p for p in root.iterdir() if (p / "config.json").is_file()]
     return sorted(folders, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+def finished_export(ctx: StudioContext, job_id: str | None) -> Path | None:
+    """The export folder a job wrote under STUDIO_HOME/exports, or None (no job, no export stage)."""
+    if not job_id:
+        return None
+    try:
+        folder = job_store(ctx.home).job_dir(job_id)
+    except ValueError:  # an unknown or malformed id
+        return None
+    return job_outputs(folder).export
 
 
 def base_checkpoint(model_state: dict | None) -> str | None:
@@ -486,6 +499,12 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
         fresh = model_choices(ctx, model_state)
         return gr.update(choices=fresh, value=model_a), gr.update(choices=fresh, value=model_b)
 
+    def follow_finished_job(job_id, model_state, model_a, model_b):
+        """A job finished while the page was open: pane B offers its export (when it wrote one)."""
+        fresh = model_choices(ctx, model_state)
+        export = finished_export(ctx, job_id)
+        return gr.update(choices=fresh, value=model_a), gr.update(choices=fresh, value=str(export) if export else model_b)
+
     def follow_base_model(model_state, model_b):
         """The Model tab chose another model: pane A becomes it."""
         fresh = model_choices(ctx, model_state)
@@ -511,6 +530,9 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
     export_button.click(chat_export, session_state, transcript_file, api_name="chat_export")
     refresh_button.click(refresh_models, [shared.model_state, a["model"], b["model"]], [a["model"], b["model"]],
                          api_visibility="private")
+    if shared.finished_job is not None:
+        shared.finished_job.change(follow_finished_job, [shared.finished_job, shared.model_state, a["model"], b["model"]],
+                                   [a["model"], b["model"]], api_visibility="private")
     if shared.model_state is not None:
         shared.model_state.change(follow_base_model, [shared.model_state, b["model"]], [a["model"], b["model"]],
                                   api_visibility="private")
