@@ -93,7 +93,13 @@ def test_disk_full_names_the_path_and_leaves_no_stage_folder(tmp_path, store, de
     stages = (Stage("prune", lambda s: {}, (), write_fails),)
     assert StageRunner(store, job_id, tmp_path, device="cpu", stages=stages).run() == "failed"
     error = store.get(job_id)["error"]
-    assert error == {"stage": "prune", "message": f"No space left on device: {target}"}
+    # atomic_directory names the stage's output folder (where space must be freed) and says the
+    # partial output is gone.
+    stage_folder = (store.job_dir(job_id) / "stages" / "prune").resolve()
+    assert error == {
+        "stage": "prune",
+        "message": f"OSError: {stage_folder}: No space left on device while writing it (the partial output was removed)",
+    }
     stages_dir = store.job_dir(job_id) / "stages"
     assert not any(stages_dir.iterdir())  # the staging folder was removed
 

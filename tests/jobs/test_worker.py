@@ -78,10 +78,11 @@ def test_two_submitted_jobs_run_in_order_and_match_an_in_process_run(
     perplexity = json.loads((stage_dir(store.job_dir(first), "evaluate") / "perplexity.json").read_text())
     reference_ppl = json.loads((stage_dir(reference_store.job_dir(reference_id), "evaluate") / "perplexity.json").read_text())
     assert perplexity == reference_ppl
-    # 128 tokens of the test text in two disjoint windows of 64 (stride = seqlen); each window
-    # scores its tokens after the first: 2 x 63, for each of the three models.
+    # 128 tokens of the test text in two disjoint windows (stride = seqlen); the demo tokenizer
+    # adds BOS like Gemma's, so each window is BOS + 64 text tokens and every text token is scored:
+    # 2 x 64, for each of the three models.
     assert {label: result["tokens"] for label, result in perplexity["models"].items()} == {
-        "base": 126, "pruned": 126, "compressed": 126,
+        "base": 128, "pruned": 128, "compressed": 128,
     }
     # The second job shares the first three stages' settings, hence their results.
     assert_same_tensors(

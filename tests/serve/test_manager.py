@@ -74,7 +74,7 @@ def manager(tmp_path):
 
 
 def fake_spec(model_dir, mode="serve", name="echo") -> ServerSpec:
-    return ServerSpec(model_dir, name=name, env={"PYTHONPATH": str(REPO_ROOT), "FAKE_VLLM_MODE": mode})
+    return ServerSpec(model_dir, name=name, env={"PYTHONPATH": str(REPO_ROOT), "VLLM_FAKE_MODE": mode})
 
 
 # --- command lines and environments ---------------------------------------------------------------

@@ -125,7 +125,7 @@ def test_sigterm_stops_serve_like_ctrl_c(fake_vllm, demo_model_dir):
 def test_a_server_that_fails_to_start_shows_its_log_tail(fake_vllm, demo_model_dir):
     command = studio(
         "serve", str(demo_model_dir), "--port", str(free_port()),
-        env={"STUDIO_VLLM_PYTHON": str(fake_vllm), "FAKE_VLLM_MODE": "crash"},
+        env={"STUDIO_VLLM_PYTHON": str(fake_vllm), "VLLM_FAKE_MODE": "crash"},
     )  # fmt: skip
     with cleaned_up(command):
         out, err = command.communicate(timeout=120)
@@ -278,7 +278,7 @@ def test_chat_reports_a_server_that_fails_to_start_with_its_log(fake_vllm, demo_
     with OpenAITestServer() as server:
         command = studio(
             "chat", str(demo_model_dir), server.url, "--prompt", "hi", "--engine", "vllm",
-            env={"STUDIO_VLLM_PYTHON": str(fake_vllm), "FAKE_VLLM_MODE": "crash"},
+            env={"STUDIO_VLLM_PYTHON": str(fake_vllm), "VLLM_FAKE_MODE": "crash"},
         )  # fmt: skip
         with cleaned_up(command):
             out, err = command.communicate(timeout=120)

@@ -42,7 +42,7 @@ def test_child_environment_keeps_settings_and_drops_secrets_and_the_rest():
 def test_a_started_server_process_sees_no_secret(monkeypatch, tmp_path, demo_model_dir):
     for name, value in {**SECRETS, "OMP_NUM_THREADS": "2", "VLLM_LOGGING_LEVEL": "DEBUG"}.items():
         monkeypatch.setenv(name, value)
-    spec = ServerSpec(demo_model_dir, name="env-probe", env={"PYTHONPATH": str(REPO_ROOT), "FAKE_VLLM_MODE": "serve"})
+    spec = ServerSpec(demo_model_dir, name="env-probe", env={"PYTHONPATH": str(REPO_ROOT), "VLLM_FAKE_MODE": "serve"})
     with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path, entrypoint=FAKE_ENTRYPOINT) as manager:
         server = manager.start(spec)
         seen = psutil.Process(server.process.pid).environ()  # what the running process was given
@@ -50,7 +50,7 @@ def test_a_started_server_process_sees_no_secret(monkeypatch, tmp_path, demo_mod
     assert not set(SECRETS) & set(seen)
     assert (seen["OMP_NUM_THREADS"], seen["VLLM_LOGGING_LEVEL"], seen["PATH"]) == ("2", "DEBUG", os.environ["PATH"])
     assert (seen["HF_HUB_OFFLINE"], seen["VLLM_HOST_IP"], seen["VLLM_CPU_KVCACHE_SPACE"]) == ("1", "127.0.0.1", "1")
-    assert (seen["PYTHONPATH"], seen["FAKE_VLLM_MODE"]) == (str(REPO_ROOT), "serve")  # the spec's own env
+    assert (seen["PYTHONPATH"], seen["VLLM_FAKE_MODE"]) == (str(REPO_ROOT), "serve")  # the spec's own env
 
 
 def served_folder(demo_model_dir: Path, path: Path, config_text: str) -> Path:
@@ -88,7 +88,7 @@ def test_the_exports_own_vllm_config_passes(demo_model_dir, tmp_path):
 )
 def test_refused_keys_are_named_and_no_server_starts(demo_model_dir, tmp_path, config_text, message):
     folder = served_folder(demo_model_dir, tmp_path / "export", config_text)
-    spec = ServerSpec(folder, name="refused", env={"PYTHONPATH": str(REPO_ROOT), "FAKE_VLLM_MODE": "serve"})
+    spec = ServerSpec(folder, name="refused", env={"PYTHONPATH": str(REPO_ROOT), "VLLM_FAKE_MODE": "serve"})
     with ServerManager(vllm_python=sys.executable, device="cpu", log_dir=tmp_path / "logs", entrypoint=FAKE_ENTRYPOINT) as manager:
         with pytest.raises(ValueError) as caught:
             manager.start(spec)

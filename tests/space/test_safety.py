@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import ast
-import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -172,8 +172,12 @@ def test_code_binds_to_loopback_and_only_the_space_dockerfiles_use_all_interface
         if isinstance(node, ast.Constant) and node.value in ("0.0.0.0", "::")
     ]
     assert wildcard == []
-    app_source = (REPO_ROOT / "app.py").read_text()
-    assert re.search(r'"--host", default="127\.0\.0\.1"', app_source)
+    sys.path.insert(0, str(REPO_ROOT))
+    try:
+        import app
+    finally:
+        sys.path.remove(str(REPO_ROOT))
+    assert app.parse_args([], environ={}).host == "127.0.0.1"  # loopback unless asked otherwise
     from studio.serve import manager
 
     assert manager.HOST == "127.0.0.1"
