@@ -6,6 +6,7 @@ Each stage is its own function so the job runner can persist and resume them one
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
 
 from studio.atomic import atomic_directory
 from studio.calibration import CalibrationSpec, build_calibration_ids
@@ -159,7 +161,15 @@ def prune_checkpoint(
 
     `plan` is a resolved `PruningPlan` or a global ratio, in which case the plan is suggested from
     the scores. Returns the prune summary (also written as `prune_summary.json`).
+    With `settings.layerwise` and a local safetensors folder, the model is never loaded whole: see
+    `prune_checkpoint_streamed`.
     """
+    from studio.streaming import Checkpoint
+
+    if settings.layerwise and Checkpoint.is_checkpoint(model_dir):
+        return prune_checkpoint_streamed(
+            model_dir, plan, calibration, out_dir, settings, device, dtype, progress, should_stop
+        )
     processor = load_tokenizer(model_dir)
     ids = build_calibration_ids(text_tokenizer(processor), calibration)
     model = load_model(model_dir, dtype=dtype, device=None if settings.layerwise else device)
@@ -183,3 +193,77 @@ def prune_checkpoint(
         save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def prune_checkpoint_streamed(
+    model_dir: str | Path,
+    plan: PruningPlan | float,
+    calibration: CalibrationSpec,
+    out_dir: str | Path,
+    settings: FlapSettings = FlapSettings(),
+    device: str | None = None,
+    dtype: torch.dtype | str = "auto",
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """`prune_checkpoint` out of core: the same result, bit for bit, holding one decoder layer.
+
+    Statistics run layer by layer with each layer read from the checkpoint's shards (and the
+    embeddings only at the calibration tokens); scores need each layer's down_proj alone; the
+    pruned checkpoint is then written layer by layer, each layer read, pruned and written before
+    the next, and every other tensor copied through in chunks.
+    """
+    from studio.flap.prune import prune_layer
+    from studio.flap.scores import channel_scores
+    from studio.flap.stats import collect_statistics_layerwise
+    from studio.modeling import mark_config_pruned
+    from studio.streaming import StreamedDecoder, meta_model, set_loaded_dtype, write_layer_by_layer
+
+    processor = load_tokenizer(model_dir)
+    ids = build_calibration_ids(text_tokenizer(processor), calibration)
+    source = StreamedDecoder(model_dir, dtype, device)
+    stats = collect_statistics_layerwise(source, ids, settings.batch_size, progress, should_stop)
+    scores = [
+        channel_scores(settings.metric, m.mean, m.variance, source.tensor(f"layers.{i}.mlp.down_proj.weight"))
+        for i, m in enumerate(stats.layers)
+    ]
+    if not isinstance(plan, PruningPlan):
+        plan = suggested_plan(scores, source.text_config, float(plan), settings.max_ratio)
+    plan.validate()
+    pruned_config = copy.deepcopy(source.config)
+    mark_config_pruned(pruned_config, plan.widths)
+    pruned_model = meta_model(pruned_config)
+    results: list[LayerPruneResult] = []
+
+    def pruned_layer(index: int):
+        layer = source.load(index, torch.device("cpu"))
+        original = layer.mlp.down_proj.in_features
+        keep, before, after = prune_layer(
+            layer, scores[index], stats.layers[index].mean, plan.widths[index], settings.bias_compensation
+        )
+        results.append(LayerPruneResult(index, original, plan.widths[index], before, after, keep))
+        return layer
+
+    with atomic_directory(out_dir) as staging:
+        write_layer_by_layer(staging, source.checkpoint, pruned_model, source.dtype, pruned_layer)
+        summary = prune_summary(results, _param_count(source.model), _param_count(pruned_model), plan)
+        summary["metric"] = settings.metric
+        summary["bias_compensation"] = settings.bias_compensation
+        summary["calibration"] = calibration.to_dict()
+        set_loaded_dtype(pruned_config, source.dtype)
+        pruned_config.save_pretrained(staging)
+        _copy_generation_config(model_dir, staging)
+        processor.save_pretrained(staging)
+        save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _copy_generation_config(model_dir: str | Path, staging: Path) -> None:
+    """The source's generation config, as `save_pretrained` of the loaded model writes it."""
+    from transformers import GenerationConfig
+
+    try:
+        GenerationConfig.from_pretrained(model_dir).save_pretrained(staging)
+    except OSError:  # none saved: the loaded model would derive it from its config
+        GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir)).save_pretrained(staging)

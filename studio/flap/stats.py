@@ -24,7 +24,15 @@ from torch import nn
 from studio.modeling import decoder_layers
 from studio.progress import Cancelled, ProgressFn, check_stop
 
-__all__ = ["Cancelled", "ChannelMoments", "FlapStatistics", "ProgressFn", "collect_statistics"]
+__all__ = [
+    "Cancelled",
+    "ChannelMoments",
+    "FlapStatistics",
+    "ModelLayers",
+    "ProgressFn",
+    "collect_statistics",
+    "collect_statistics_layerwise",
+]
 
 
 @dataclass
@@ -100,16 +108,6 @@ def language_model_of(model) -> nn.Module:
     return getattr(inner, "language_model", inner)
 
 
-def _down_proj_recorders(layers: nn.ModuleList, moments: list[ChannelMoments]):
-    def make_hook(index: int):
-        def hook(_module, inputs):
-            moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
-
-        return hook
-
-    return [layer.mlp.down_proj.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
-
-
 def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, input_ids.shape[0], batch_size):
         yield input_ids[start : start + batch_size]
@@ -130,22 +128,32 @@ def collect_statistics(
     `layerwise=True` keeps the model where it is (e.g. on the CPU) and moves one decoder layer at a
     time to `device`. Otherwise the model must already be on `device`.
     """
-    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+    if layerwise:
+        return collect_statistics_layerwise(ModelLayers(model, device), input_ids, batch_size, progress, should_stop)
+    _check_inputs(input_ids, batch_size)
     layers = decoder_layers(model)
     moments = [ChannelMoments.empty(layer.mlp.down_proj.in_features) for layer in layers]
-    handles = _down_proj_recorders(layers, moments)
+    handles = [_down_proj_recorder(layer, moments, i) for i, layer in enumerate(layers)]
     try:
-        if layerwise:
-            _run_layerwise(model, input_ids, batch_size, device, progress, should_stop)
-        else:
-            _run_batched(model, input_ids, batch_size, progress, should_stop)
+        _run_batched(model, input_ids, batch_size, progress, should_stop)
     finally:
         for handle in handles:
             handle.remove()
     return FlapStatistics(moments)
+
+
+def _check_inputs(input_ids: torch.Tensor, batch_size: int) -> None:
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+
+
+def _down_proj_recorder(layer, moments: list[ChannelMoments], index: int):
+    def hook(_module, inputs):
+        moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
+
+    return layer.mlp.down_proj.register_forward_pre_hook(hook)
 
 
 def _run_batched(model, input_ids, batch_size, progress, should_stop) -> None:
@@ -191,24 +199,65 @@ def _record_layer_calls(decoder, batch: torch.Tensor) -> list[list]:
     return [layer_calls[0] for layer_calls in calls]
 
 
-def _run_layerwise(model, input_ids, batch_size, device, progress, should_stop) -> None:
-    decoder = language_model_of(model)
-    home = next(decoder.layers[0].parameters()).device
-    device = torch.device(device) if device is not None else home
-    embedding_device = next(decoder.embed_tokens.parameters()).device
+class ModelLayers:
+    """The layer source of a model in memory: each decoder layer moved to `device` while it runs.
+
+    A layer source gives the layerwise loop a batch's per-layer call arguments (`layer_calls`), a
+    layer ready to run (`load`) and takes it back (`release`); `studio.streaming.StreamedDecoder`
+    is the one that reads layers from disk instead.
+    """
+
+    def __init__(self, model, device: str | torch.device | None = None):
+        self.decoder = language_model_of(model)
+        self.home = next(self.decoder.layers[0].parameters()).device
+        self.device = torch.device(device) if device is not None else self.home
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder.layers)
+
+    @property
+    def widths(self) -> list[int]:
+        return [layer.mlp.down_proj.in_features for layer in self.decoder.layers]
+
+    def layer_calls(self, batch: torch.Tensor) -> list:
+        return _record_layer_calls(self.decoder, batch.to(next(self.decoder.embed_tokens.parameters()).device))
+
+    def load(self, index: int):
+        return self.decoder.layers[index].to(self.device)
+
+    def release(self, index: int, layer) -> None:
+        layer.to(self.home)
+
+
+@torch.no_grad()
+def collect_statistics_layerwise(
+    source,
+    input_ids: torch.Tensor,
+    batch_size: int = 1,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FlapStatistics:
+    """`collect_statistics` one decoder layer at a time, the layers coming from `source` (a
+    `ModelLayers`, or a `StreamedDecoder` reading them from disk)."""
+    _check_inputs(input_ids, batch_size)
+    moments = [ChannelMoments.empty(width) for width in source.widths]
     # One recorded call per batch and layer; layer 0's hidden states are the embeddings.
-    per_batch = [_record_layer_calls(decoder, b.to(embedding_device)) for b in _batches(input_ids, batch_size)]
+    per_batch = [source.layer_calls(b) for b in _batches(input_ids, batch_size)]
+    device = source.device
     hidden = [_to(calls[0][0], device) for calls in per_batch]
-    layers = decoder.layers
-    for index, layer in enumerate(layers):
+    for index in range(source.num_layers):
         check_stop(should_stop)
-        layer.to(device)
+        layer = source.load(index)
+        handle = _down_proj_recorder(layer, moments, index)
         for b, calls in enumerate(per_batch):
             _, args, kwargs = calls[index]
             hidden[b] = layer(hidden[b], *_to(args, device), **_to(kwargs, device))
-        layer.to(home)
+        handle.remove()
+        source.release(index, layer)
         if progress:
-            progress(index + 1, len(layers), "layers")
+            progress(index + 1, source.num_layers, "layers")
+    return FlapStatistics(moments)
 
 
 def _to(value, device):
