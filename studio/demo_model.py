@@ -10,8 +10,8 @@ project's own WikiText-2 copy, so calibration text tokenizes into realistic ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -350,8 +350,10 @@ def _tensor_owners(model) -> dict[str, tuple[torch.nn.Module, str]]:
     return owners
 
 
-def _tensor_generator(seed: int, name: str, salt: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed((seed << 33) ^ (salt << 32) ^ zlib.crc32(name.encode()))
+def _tensor_generator(seed: int, name: str) -> torch.Generator:
+    # The CPU generator (Mersenne Twister) keeps 32 bits of its seed: hash seed and name into them.
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
 
 
 def _init_std(model) -> float:
