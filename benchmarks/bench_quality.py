@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from studio.bench_model import RECIPE_FILE, BenchRecipe, ensure_bench_model  # noqa: E402
-from studio.calibration import CalibrationSpec, build_calibration_ids  # noqa: E402
+from studio.calibration import CalibrationSpec, build_calibration_ids, leading_bos  # noqa: E402
 from studio.calibration import OFFLINE_EVALUATION_TEXT  # noqa: E402
 from studio.demo_model import DEFAULT_TOKENIZER_CORPUS  # noqa: E402
 from studio.eval import evaluate_perplexity_ids, load_eval_text  # noqa: E402
@@ -187,7 +187,7 @@ def run(args) -> Results:
 
     def ppl(model) -> float:
         with costs.measure("perplexity evaluation"):
-            return evaluate_perplexity_ids(model, eval_ids, **eval_kwargs).ppl
+            return evaluate_perplexity_ids(model, eval_ids, **eval_kwargs, bos_token_id=leading_bos(tokenizer)).ppl
 
     calib_ids = build_calibration_ids(tokenizer, spec)
     dense = load_model(model_dir)
@@ -222,7 +222,7 @@ def run(args) -> Results:
         for method in METHODS:
             model = copy.deepcopy(dense)
             with costs.measure("prune (slice + bias)"):
-                prune_model(model, scores[method.scores], stats.means, widths, method.bias)
+                prune_model(model, scores[method.scores], stats.means, widths, "bias" if method.bias else "none")
             results.pruned[(method.key, kind, ratio)] = ppl(model)
             _log(f"{kind} {ratio:g} {method.key}: ppl {results.pruned[(method.key, kind, ratio)]:.2f}")
             if kind == "uniform" and ratio == args.ratios[0] and not args.no_quant:

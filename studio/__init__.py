@@ -20,7 +20,7 @@ _EXPORTS = {
     "load_plan": "studio.plan",
     "uniform_plan": "studio.plan",
     "collect_statistics": "studio.flap.stats",
-    "FlapSettings": "studio.flap.pipeline",
+    "FlapSettings": "studio.flap.settings",
     "prune_checkpoint": "studio.flap.pipeline",
     "QuantizeSettings": "studio.quantize",
     "quantize_checkpoint": "studio.quantize",

@@ -4,6 +4,10 @@ A calibration source is either a path to a text file or a dataset spec
 `hf:NAME[/CONFIG][/SPLIT]` (the card's real default is `hf:wikitext/wikitext-2-raw-v1/train`).
 Texts are tokenized once as one stream and N windows of L tokens are drawn from it at seeded random
 offsets, as GPTQ and FLAP calibrate: the same spec and tokenizer always give the same tensor.
+
+A sample starts the way the model sees text when it is trained and served: when the tokenizer puts
+a BOS before text (Gemma's does; models degrade without it), every sample is BOS followed by L - 1
+text tokens, so FLAP statistics, the refit and GPTQ all calibrate on BOS-led sequences.
 """
 
 from __future__ import annotations
@@ -85,31 +89,48 @@ def tokenize_stream(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int) -> torch.Tensor:
+def leading_bos(tokenizer) -> int | None:
+    """The BOS id the tokenizer puts before encoded text (with special tokens), or None if it puts none."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return None
+    ids = tokenizer("a", return_attention_mask=False)["input_ids"]
+    return bos if ids and ids[0] == bos else None
+
+
+def pack_samples(stream: torch.Tensor, samples: int, seqlen: int, seed: int, bos: int | None = None) -> torch.Tensor:
     """Cut `samples` windows of `seqlen` tokens from `stream` at seeded random offsets.
 
-    Each window starts at a distinct offset; windows may overlap only when the stream is short.
+    With `bos`, each window is that token followed by `seqlen - 1` tokens of the stream. Each window
+    starts at a distinct offset; windows may overlap only when the stream is short.
     """
     import torch
 
+    if bos is not None and seqlen < 2:
+        raise ValueError(f"calibration.seqlen: must be at least 2 when every sample starts with BOS, got {seqlen}")
+    text_len = seqlen - (bos is not None)
     available = stream.numel()
-    if available < seqlen + 1:
+    if available < text_len + 1:
         raise ValueError(
             f"calibration: the text has {available} tokens, fewer than one sample of "
             f"calibration.seqlen={seqlen} tokens; use a longer text or a shorter seqlen"
         )
-    if available < samples * seqlen:
+    if available < samples * text_len:
         raise ValueError(
             f"calibration: the text has {available} tokens but calibration.samples x "
-            f"calibration.seqlen = {samples} x {seqlen} = {samples * seqlen} are needed; "
+            f"calibration.seqlen = {samples} x {seqlen} = {samples * text_len} text tokens are needed"
+            f"{' (each sample also has a BOS)' if bos is not None else ''}; "
             "use more text, fewer samples or a shorter seqlen"
         )
     generator = torch.Generator().manual_seed(seed)
-    starts = torch.randperm(available - seqlen + 1, generator=generator)[:samples]
-    return torch.stack([stream[s : s + seqlen] for s in starts.tolist()])
+    starts = torch.randperm(available - text_len + 1, generator=generator)[:samples]
+    windows = torch.stack([stream[s : s + text_len] for s in starts.tolist()])
+    if bos is None:
+        return windows
+    return torch.cat([torch.full((samples, 1), bos, dtype=windows.dtype), windows], dim=1)
 
 
 def build_calibration_ids(tokenizer, spec: CalibrationSpec) -> torch.Tensor:
-    """The calibration batch for `spec`: a LongTensor of shape [samples, seqlen]."""
+    """The calibration batch for `spec`: a LongTensor of shape [samples, seqlen], BOS-led when the tokenizer adds BOS."""
     stream = tokenize_stream(tokenizer, load_calibration_text(spec))
-    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed)
+    return pack_samples(stream, spec.samples, spec.seqlen, spec.seed, leading_bos(tokenizer))

@@ -209,8 +209,12 @@ def _token_ids() -> dict[str, int]:
 
 
 def build_tokenizer(corpus: Path, vocab_size: int):
-    """Train a byte-level-free BPE on `corpus` (deterministic) and wrap it for transformers."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    """Train a byte-level-free BPE on `corpus` (deterministic) and wrap it for transformers.
+
+    Like Gemma's tokenizer it puts `<bos>` before every encoded text (special tokens on), so BOS
+    handling in calibration and evaluation is exercised by the demo model too.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     if not corpus.is_file():
@@ -220,6 +224,10 @@ def build_tokenizer(corpus: Path, vocab_size: int):
     bpe.decoder = decoders.Metaspace()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=_special_token_list(), show_progress=False)
     bpe.train([str(corpus)], trainer)
+    bos = SPECIAL_TOKENS["bos_token"]
+    bpe.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, _token_ids()[bos])]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=bpe,
         **SPECIAL_TOKENS,

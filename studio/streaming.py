@@ -399,31 +399,39 @@ class StreamedDecoder:
         return self.checkpoint.tensor(self.prefix + name, self.dtype)
 
 
-def write_layer_by_layer(
-    out_dir: str | Path,
-    checkpoint: Checkpoint,
-    model,
-    dtype: torch.dtype,
-    layer_of,
-    max_shard_bytes: int = 2 << 30,
-) -> None:
-    """Write the checkpoint of `model` (a meta model of the result) into `out_dir`.
+class LayerByLayerWriter:
+    """Writes the checkpoint of `model` (a meta model of the result) into `out_dir` as it is made.
 
-    Decoder layer `i`'s tensors come from `layer_of(i)`, called once per layer, in order, just
-    before they are written; every other tensor is copied from `checkpoint` (converted to `dtype`
-    if stored otherwise), a chunk at a time.
+    Every tensor outside the decoder layers is copied from `checkpoint` at once (converted to
+    `dtype` if stored otherwise), a chunk at a time; then `write_layer(i, layer)` writes decoder
+    layer `i`'s tensors, layers in order, so that each can be dropped as soon as it is written.
     """
-    prefix = decoder_prefix(model) + "layers."
-    specs = checkpoint_specs(model, dtype)
-    writer = ShardedWriter(out_dir, specs, max_shard_bytes)
-    current, state = None, {}
-    for spec in specs:
-        if spec.name.startswith(prefix):
-            index, _, rest = spec.name[len(prefix) :].partition(".")
-            if index != current:
-                current, state = index, layer_of(int(index)).state_dict()
-            value = state.pop(rest)
-            writer.write_tensor(spec.name, value.to("cpu", spec.dtype if value.is_floating_point() else value.dtype))
-        else:
-            writer.write(spec.name, checkpoint.chunks(spec.name, spec.dtype if spec.dtype.is_floating_point else None))
-    writer.close()
+
+    def __init__(self, out_dir: str | Path, checkpoint: Checkpoint, model, dtype: torch.dtype, max_shard_bytes: int = 2 << 30):
+        prefix = decoder_prefix(model) + "layers."
+        self._prefix = prefix
+        others, layers = [], {}
+        for spec in checkpoint_specs(model, dtype):
+            if spec.name.startswith(prefix):
+                layers.setdefault(int(spec.name[len(prefix) :].split(".", 1)[0]), []).append(spec)
+            else:
+                others.append(spec)
+        self._layers = [layers[i] for i in sorted(layers)]
+        self._writer = ShardedWriter(out_dir, others + [s for group in self._layers for s in group], max_shard_bytes)
+        for spec in others:
+            self._writer.write(spec.name, checkpoint.chunks(spec.name, spec.dtype if spec.dtype.is_floating_point else None))
+        self._next = 0
+
+    def write_layer(self, index: int, layer) -> None:
+        if index != self._next:
+            raise ValueError(f"layers: layer {self._next} must be written next, got layer {index}")
+        state = layer.state_dict()
+        for spec in self._layers[index]:
+            value = state[spec.name[len(f"{self._prefix}{index}.") :]]
+            self._writer.write_tensor(spec.name, value.to("cpu", spec.dtype if value.is_floating_point() else value.dtype))
+        self._next += 1
+
+    def close(self) -> None:
+        if self._next != len(self._layers):
+            raise ValueError(f"layers: {self._next} of {len(self._layers)} decoder layers were written")
+        self._writer.close()

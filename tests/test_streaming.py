@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import filecmp
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -149,16 +150,25 @@ def test_streamed_layer_source_gives_the_in_memory_statistics(demo_model_dir):
 
 
 @pytest.mark.parametrize(
-    ("plan", "dtype"),
-    [("uniform-20", "auto"), (0.25, "auto"), ("uniform-20", "bfloat16")],
-    ids=["preset", "ratio", "cast-to-bf16"],
+    ("plan", "dtype", "choices"),
+    [
+        ("uniform-20", "auto", {}),
+        (0.25, "auto", {}),
+        ("uniform-20", "bfloat16", {}),
+        ("uniform-20", "auto", {"compensation": "refit"}),
+        (0.25, "auto", {"sequential": True}),
+    ],
+    ids=["preset", "ratio", "cast-to-bf16", "refit", "sequential-ratio"],
 )
-def test_streamed_prune_equals_in_memory_prune_bit_for_bit(demo_model_dir, tmp_path, plan, dtype):
+def test_streamed_prune_equals_in_memory_prune_bit_for_bit(demo_model_dir, tmp_path, plan, dtype, choices):
+    """The streamed path (layerwise on a local checkpoint) against the whole model in memory:
+    batched statistics for one-shot choices, the in-memory layer walk for refit and sequential."""
     if isinstance(plan, str):
         plan = load_plan(find_preset(plan), load_text_config(demo_model_dir))
     spec = CalibrationSpec(source=str(CALIBRATION_TEXT), samples=3, seqlen=48)
-    in_memory = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "mem", FlapSettings(layerwise=False), dtype=dtype)
-    streamed = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "str", FlapSettings(layerwise=True), dtype=dtype)
+    settings = FlapSettings(**choices)
+    in_memory = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "mem", settings, dtype=dtype)
+    streamed = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "str", replace(settings, layerwise=True), dtype=dtype)
     assert streamed == in_memory
     a, b = _all_tensors(tmp_path / "mem"), _all_tensors(tmp_path / "str")
     assert a.keys() == b.keys()

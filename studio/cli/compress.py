@@ -12,6 +12,7 @@ from studio.cli.prune import (
     add_flap_arguments,
     add_plan_arguments,
     calibration_spec,
+    flap_settings,
     resolve_plan_argument,
 )
 from studio.cli.quantize import add_gptq_arguments, quantize_settings
@@ -22,7 +23,7 @@ def add_parser(subparsers) -> None:
         "compress",
         help="prune (FLAP), quantize (GPTQ W4A16) and export a vLLM-ready folder in one command",
         description="Run the card's recipe end to end: FLAP-prune the FFNs to the planned widths with bias "
-        "compensation, quantize o_proj/gate_proj/up_proj/down_proj with GPTQ through GPTQModel (skipped with "
+        "compensation (or --compensation refit/none), quantize o_proj/gate_proj/up_proj/down_proj with GPTQ through GPTQModel (skipped with "
         "--no-quant), and write the export folder: safetensors shards with an index, config.json, "
         "quantize_config.json, quant_log.csv, tokenizer and processor files, vllm_config.yaml, the "
         "vllm_flap_plugin package with its egg-info, and a generated README.md model card. Both stages "
@@ -67,14 +68,14 @@ def _progress(label: str):
 def run(args) -> int:
     from studio.export import export_checkpoint
     from studio.export.shards import parse_size
-    from studio.flap.pipeline import FlapSettings, calibration_ids, prune_checkpoint
+    from studio.flap.pipeline import calibration_ids, prune_checkpoint
 
     # Check every input before hours of work start.
     plan = resolve_plan_argument(args, args.model)
     spec = calibration_spec(args)
     parse_size(args.max_shard_size)
     gptq_settings = None if args.no_quant else quantize_settings(args, spec)
-    flap = FlapSettings(metric=args.metric, bias_compensation=not args.no_bias, layerwise=args.layerwise, max_ratio=args.max_layer_ratio)
+    flap = flap_settings(args)
     out = args.out.resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     stages = 2 if args.no_quant else 3

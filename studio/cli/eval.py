@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
         "eval",
         help="sliding-window perplexity of a model (base, FLAP-pruned or GPTQ INT4) on a text",
         description="Compute the perplexity of a causal model on a text with sliding windows (each "
-        "token after the first scored once) and print a JSON object with ppl, nll (mean nats per "
+        "token scored once; every window starts with BOS when the tokenizer adds one, as Gemma's does, and the "
+        "BOS is never scored; without BOS the text's first token is context only) and print a JSON object with ppl, nll (mean nats per "
         "token), tokens (scored), seqlen and stride. Stock and FLAP-pruned checkpoints load with "
         "the studio's loader; GPTQ exports (quantize_config.json) load through GPTQModel's kernels.",
     )
@@ -23,7 +24,7 @@ def add_parser(subparsers) -> None:
         required=True,
         help="a UTF-8 text file, or hf:DATASET/CONFIG/SPLIT (e.g. hf:wikitext/wikitext-2-raw-v1/test)",
     )
-    parser.add_argument("--seqlen", type=int, default=2048, help="tokens per window (default: 2048)")
+    parser.add_argument("--seqlen", type=int, default=2048, help="tokens per window, BOS included (default: 2048)")
     parser.add_argument(
         "--stride",
         type=int,

@@ -1,4 +1,4 @@
-"""`python -m studio prune`: FLAP-prune a checkpoint's FFNs with bias compensation."""
+"""`python -m studio prune`: FLAP-prune a checkpoint's FFNs, compensating the removed channels."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from studio.calibration import DEFAULT_SOURCE
+from studio.flap.settings import COMPENSATIONS, METRICS, FlapSettings
 
 
 def add_calibration_arguments(parser, samples: int = 128, seqlen: int = 2048) -> None:
@@ -38,8 +39,29 @@ def add_plan_arguments(parser) -> None:
 
 def add_flap_arguments(parser) -> None:
     """The FLAP scoring options shared by `prune` and `compress`."""
-    parser.add_argument("--metric", default="wifv", choices=["wifv", "wifn", "ifv"], help="channel score (default: wifv)")
-    parser.add_argument("--no-bias", action="store_true", help="prune without bias compensation")
+    defaults = FlapSettings()
+    parser.add_argument("--metric", default=defaults.metric, choices=METRICS, help="channel score (default: wifv)")
+    parser.add_argument(
+        "--compensation",
+        default=defaults.compensation,
+        choices=COMPENSATIONS,
+        help="what replaces the removed channels: bias (FLAP's mean-folding bias), refit (least-squares refit of "
+        "the kept down_proj columns and the bias to the full layer's output, one layer's Gram matrix at a time) "
+        f"or none (default: {defaults.compensation})",
+    )
+    parser.add_argument(
+        "--refit-damp",
+        type=float,
+        default=defaults.refit_damp,
+        help=f"with --compensation refit: ridge weight relative to the Gram matrix's mean diagonal, pulling toward "
+        f"the bias solution (default: {defaults.refit_damp})",
+    )
+    parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="calibrate each layer on the outputs of the already-pruned layers before it (one layer at a time; "
+        "with --ratio the widths come from a one-shot statistics pass first)",
+    )
     parser.add_argument(
         "--layerwise",
         action="store_true",
@@ -47,12 +69,34 @@ def add_flap_arguments(parser) -> None:
     )
 
 
+# Settings field -> the flag that sets it, so that errors name what the user typed.
+_FLAGS = {"refit_damp": "--refit-damp", "max_ratio": "--max-layer-ratio", "batch_size": "--batch-size"}
+
+
+def flap_settings(args, batch_size: int = 1) -> FlapSettings:
+    """The `FlapSettings` of parsed `prune`/`compress` arguments."""
+    try:
+        return FlapSettings(
+            metric=args.metric,
+            compensation=args.compensation,
+            refit_damp=args.refit_damp,
+            sequential=args.sequential,
+            batch_size=batch_size,
+            layerwise=args.layerwise,
+            max_ratio=args.max_layer_ratio,
+        )
+    except ValueError as err:
+        field, _, reason = str(err).partition(": ")
+        flag = _FLAGS.get(field.removeprefix("flap."), field)
+        raise ValueError(f"{flag}: {reason}") from err
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "prune",
         help="FLAP-prune the FFN layers of a Gemma 4 checkpoint",
         description="Collect FLAP statistics on calibration text, score FFN channels, prune each layer "
-        "to its planned width with bias compensation, and write the pruned checkpoint together with "
+        "to its planned width, compensate the removed channels (--compensation), and write the pruned checkpoint together with "
         "flap_stats.safetensors and prune_summary.json. The output folder appears only when complete.",
     )
     parser.add_argument("--model", required=True, help="checkpoint folder or Hugging Face model id")
@@ -97,16 +141,10 @@ def calibration_spec(args):
 
 
 def run(args) -> int:
-    from studio.flap.pipeline import FlapSettings, prune_checkpoint
+    from studio.flap.pipeline import prune_checkpoint
 
     plan = resolve_plan_argument(args, args.model)
-    settings = FlapSettings(
-        metric=args.metric,
-        bias_compensation=not args.no_bias,
-        batch_size=args.batch_size,
-        layerwise=args.layerwise,
-        max_ratio=args.max_layer_ratio,
-    )
+    settings = flap_settings(args, args.batch_size)
     summary = prune_checkpoint(
         args.model, plan, calibration_spec(args), args.out, settings, device=args.device, progress=print_progress
     )

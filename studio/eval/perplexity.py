@@ -1,13 +1,20 @@
 """Sliding-window perplexity of a causal language model on a text.
 
-The text is tokenized once into a single stream and cut into windows of `seqlen` tokens that start
-every `stride` tokens. Every token after the first is scored exactly once, in the first window
-that predicts it: a window scores only the tokens that the previous windows did not reach, and the
-tokens before them serve as context. With `stride < seqlen` windows overlap, so every scored token
-has at least `seqlen - stride` tokens of context; with `stride == seqlen` the windows are disjoint,
-which is the protocol of the pruning papers (SparseGPT, Wanda, FLAP): the first token of each window
-is then context only and is not scored. The last window is moved back to end at the last token, so
-all windows have the same length and batch without padding.
+The text is tokenized once into a single stream (no special tokens) and cut into windows that start
+every `stride` tokens. Every token is scored exactly once, in the first window that predicts it: a
+window scores only the tokens that the previous windows did not reach, and the tokens before them
+serve as context. The last window is moved back to end at the last token, so all windows have the
+same length and batch without padding.
+
+When the tokenizer puts a BOS before text (Gemma's does, and Gemma degrades without it), every
+window is fed as BOS followed by `seqlen - 1` text tokens, the way the model is trained and served;
+the BOS is context only, never scored, and it predicts the window's first text token, so every text
+token is scored: `tokens` is the text's token count. Without a BOS, a window is `seqlen` text
+tokens and its first token, which nothing predicts, is context only: `tokens` is one less than the
+text's count when windows overlap. With `stride < seqlen` windows overlap, so every scored token has
+at least `seqlen - stride` tokens of context; with `stride` equal to a window's text length the
+windows are disjoint, the protocol of the pruning papers (SparseGPT, Wanda, FLAP). A `stride` above
+the text length of a BOS-led window (`seqlen - 1`) is taken as that length: disjoint windows.
 
 The model is passed in already loaded (base, FLAP-pruned, or INT4), so the caller chooses the
 loader. Only `input_ids` are given to the forward pass: a multimodal Gemma 4 then runs as a plain
@@ -24,6 +31,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from studio.calibration import leading_bos
 
 HUB_PREFIX = "hf:"
 # The standard evaluation text: WikiText-2 (raw) test split on the Hugging Face hub.
@@ -61,12 +70,15 @@ class EvalWindow:
         return self.end - self.first_target
 
 
-def sliding_windows(num_tokens: int, seqlen: int, stride: int) -> list[EvalWindow]:
-    """The windows that score a stream of `num_tokens` tokens, each token at most once.
+def sliding_windows(num_tokens: int, seqlen: int, stride: int, bos: bool = False) -> list[EvalWindow]:
+    """The windows that score a stream of `num_tokens` text tokens, each token at most once.
 
-    All windows have length `min(seqlen, num_tokens)`. Scored tokens total `num_tokens - 1` when
+    Positions are the text stream's. Without `bos`, all windows have length `min(seqlen,
+    num_tokens)` and the stream's first token is never scored (`num_tokens - 1` scored when
     `stride < seqlen`; with `stride == seqlen` the first token of each window but the last is
-    context only.
+    context only). With `bos`, each window holds `min(seqlen - 1, num_tokens)` text tokens after a
+    BOS that predicts the first of them, so every token is scored once, whatever the stride
+    (`stride` is capped at `seqlen - 1`).
     """
     if num_tokens < 2:
         raise ValueError(f"text: needs at least 2 tokens to score, got {num_tokens}")
@@ -74,18 +86,21 @@ def sliding_windows(num_tokens: int, seqlen: int, stride: int) -> list[EvalWindo
         raise ValueError(f"seqlen: must be at least 2, got {seqlen}")
     if not 1 <= stride <= seqlen:
         raise ValueError(f"stride: must be between 1 and seqlen ({seqlen}), got {stride}")
+    length = seqlen - 1 if bos else seqlen
+    stride = min(stride, length)
+    unpredicted = 0 if bos else 1  # without a BOS, a window's first token has no context
     windows = []
-    scored_until = 1  # token 0 has no context and is never scored
+    scored_until = unpredicted
     start = 0
     while True:
-        end = start + seqlen
+        end = start + length
         if end >= num_tokens:
             # Last window: end at the last token, keep the full length (more context, same shape).
             end = num_tokens
-            start = max(0, end - seqlen)
-            windows.append(EvalWindow(start, end, max(scored_until, start + 1)))
+            start = max(0, end - length)
+            windows.append(EvalWindow(start, end, max(scored_until, start + unpredicted)))
             return windows
-        windows.append(EvalWindow(start, end, max(scored_until, start + 1)))
+        windows.append(EvalWindow(start, end, max(scored_until, start + unpredicted)))
         scored_until = end
         start += stride
 
@@ -112,7 +127,7 @@ def load_eval_text(source: str | Path) -> str:
 
 
 def tokenize_text(tokenizer, text: str, max_tokens: int | None = None) -> torch.Tensor:
-    """The text as one 1-D stream of token ids (tokenizer defaults, so a BOS where it adds one),
+    """The text as one 1-D stream of token ids, without special tokens (a BOS is added per window),
     cut to the first `max_tokens` tokens."""
     if max_tokens is not None and max_tokens < 2:
         raise ValueError(f"max_tokens: must be at least 2, got {max_tokens}")
@@ -121,7 +136,7 @@ def tokenize_text(tokenizer, text: str, max_tokens: int | None = None) -> torch.
     chars = len(text) if max_tokens is None else 8 * max_tokens
     while True:
         prefix = text if chars >= len(text) else text[: text.rfind("\n", 0, chars) + 1 or chars]
-        ids = tokenizer(prefix, return_attention_mask=False, verbose=False)["input_ids"]
+        ids = tokenizer(prefix, add_special_tokens=False, return_attention_mask=False, verbose=False)["input_ids"]
         if max_tokens is None or len(ids) > max_tokens or len(prefix) == len(text):
             break
         chars *= 2
@@ -140,10 +155,13 @@ def _model_device(model) -> torch.device:
     return torch.device("cpu")
 
 
-def _window_nll_sums(model, ids: torch.Tensor, windows: list[EvalWindow], pass_keep: bool) -> torch.Tensor:
+def _window_nll_sums(
+    model, ids: torch.Tensor, windows: list[EvalWindow], pass_keep: bool, bos_token_id: int | None = None
+) -> torch.Tensor:
     """Summed NLL (float64) of each window's scored tokens, from one forward pass over the batch."""
-    length = windows[0].end - windows[0].start
-    batch = torch.stack([ids[w.start : w.end] for w in windows])
+    prefix = [] if bos_token_id is None else [torch.tensor([bos_token_id], dtype=ids.dtype)]
+    batch = torch.stack([torch.cat([*prefix, ids[w.start : w.end]]) for w in windows])
+    length = batch.shape[1]
     # Positions length-keep .. length-2 predict the scored tokens; the last logit predicts beyond the window.
     keep = min(length, max(w.num_targets for w in windows) + 1)
     kwargs = {"logits_to_keep": keep} if pass_keep else {}
@@ -154,7 +172,7 @@ def _window_nll_sums(model, ids: torch.Tensor, windows: list[EvalWindow], pass_k
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").double()
     # Window-relative label positions; a row scores only its last num_targets of them.
     positions = torch.arange(length - keep + 1, length, device=nll.device)
-    first = torch.tensor([w.first_target - w.start for w in windows], device=nll.device)
+    first = torch.tensor([w.first_target - w.start + len(prefix) for w in windows], device=nll.device)
     scored = positions.unsqueeze(0) >= first.unsqueeze(1)
     return (nll * scored).sum(dim=1).cpu()
 
@@ -172,11 +190,11 @@ def evaluate_perplexity(
     """Perplexity of `model` on `text` (see the module docstring for the windowing).
 
     `stride` defaults to `seqlen` (disjoint windows, the pruning papers' protocol); `max_tokens`
-    evaluates only the first tokens of the text, for quick looks. `progress(done, total)` is called
-    after each batch of windows.
+    evaluates only the first tokens of the text, for quick looks. Windows start with BOS when the
+    tokenizer adds one. `progress(done, total)` is called after each batch of windows.
     """
     ids = tokenize_text(tokenizer, text, max_tokens)
-    return evaluate_perplexity_ids(model, ids, seqlen, stride, batch_size, progress)
+    return evaluate_perplexity_ids(model, ids, seqlen, stride, batch_size, progress, leading_bos(tokenizer))
 
 
 @torch.no_grad()
@@ -187,14 +205,19 @@ def evaluate_perplexity_ids(
     stride: int | None = None,
     batch_size: int = 1,
     progress: Callable[[int, int], None] | None = None,
+    bos_token_id: int | None = None,
 ) -> PerplexityResult:
-    """Perplexity of `model` on a 1-D stream of token ids (to tokenize once and evaluate many models)."""
+    """Perplexity of `model` on a 1-D stream of text token ids (to tokenize once and evaluate many models).
+
+    With `bos_token_id` (`studio.calibration.leading_bos(tokenizer)`), every window starts with it.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
     if ids.ndim != 1:
         raise ValueError(f"ids: expected a 1-D token stream, got shape {tuple(ids.shape)}")
+    bos = bos_token_id is not None
     stride = seqlen if stride is None else stride
-    windows = sliding_windows(len(ids), seqlen, stride)
+    windows = sliding_windows(len(ids), seqlen, stride, bos)
     pass_keep = _accepts_logits_to_keep(model)
     was_training = model.training
     model.eval()
@@ -202,11 +225,14 @@ def evaluate_perplexity_ids(
     try:
         for first in range(0, len(windows), batch_size):
             chunk = windows[first : first + batch_size]
-            total_nll += float(_window_nll_sums(model, ids, chunk, pass_keep).sum())
+            total_nll += float(_window_nll_sums(model, ids, chunk, pass_keep, bos_token_id).sum())
             if progress is not None:
                 progress(min(first + batch_size, len(windows)), len(windows))
     finally:
         model.train(was_training)
     tokens = sum(w.num_targets for w in windows)
     nll = total_nll / tokens
-    return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=tokens, seqlen=min(seqlen, len(ids)), stride=stride)
+    length = windows[0].end - windows[0].start + bos  # tokens fed per window, the BOS included
+    if bos:
+        stride = min(stride, seqlen - 1)  # as sliding_windows took it
+    return PerplexityResult(ppl=math.exp(nll), nll=nll, tokens=tokens, seqlen=length, stride=stride)

@@ -93,6 +93,39 @@ def quant_error_table(records: list) -> list[str]:
     return rows
 
 
+_COMPENSATION_SHORT = {
+    "bias": "with bias compensation",
+    "refit": "with a least-squares refit of the kept down_proj columns and bias",
+    "none": "without compensation",
+}
+
+
+def _compensation(summary: Mapping) -> str:
+    # Summaries written before `compensation` existed carry `bias_compensation`.
+    default = "bias" if summary.get("bias_compensation", True) else "none"
+    return str(summary.get("compensation", default))
+
+
+def _compensation_short(summary: Mapping) -> str:
+    compensation = _compensation(summary)
+    return _COMPENSATION_SHORT.get(compensation, f"with {compensation} compensation")
+
+
+def _compensation_line(summary: Mapping) -> str:
+    """How the removed channels were compensated, and how the layers were calibrated."""
+    compensation = _compensation(summary)
+    text = {
+        "bias": "bias (each pruned layer's down_proj gains a bias holding the mean contribution of the removed channels)",
+        "refit": "refit (each pruned layer's kept down_proj columns and its bias are a least-squares fit, ridge "
+        f"{summary.get('refit_damp', 'unknown')}, of the full layer's output on the calibration tokens)",
+        "none": "none (the removed channels are dropped)",
+    }.get(compensation, compensation)
+    calibration = "sequential (each layer calibrated on the already-pruned layers' outputs)" if summary.get(
+        "sequential"
+    ) else "one-shot (every layer calibrated on the full model's activations)"
+    return f"{text}; calibration {calibration}."
+
+
 def _compression_section(data: CardData) -> list[str]:
     lines = ["## Compression", ""]
     summary = data.prune_summary or {}
@@ -106,9 +139,8 @@ def _compression_section(data: CardData) -> list[str]:
             f"- Channels removed: {removed:,} of {sum(data.original_widths):,} "
             f"({removed / sum(data.original_widths):.1%}); FFN parameters {ffn_before:,} -> {ffn_after:,} "
             f"({_change(ffn_before, ffn_after)}, the FLAP down_proj biases included).",
-            f"- Channel score: {summary.get('metric', 'unknown')}; bias compensation: "
-            f"{'yes' if summary.get('bias_compensation', True) else 'no'} (each pruned layer's down_proj gains a "
-            "bias holding the mean contribution of the removed channels).",
+            f"- Channel score: {summary.get('metric', 'unknown')}.",
+            f"- Compensation: {_compensation_line(summary)}",
         ]
         calibration = summary.get("calibration")
         if calibration:
@@ -246,7 +278,8 @@ def _usage_section(data: CardData) -> list[str]:
 
 
 def render_model_card(data: CardData) -> str:
-    steps = (["FLAP structured pruning of the FFN layers (with bias compensation)"] if data.flap_pruned else []) + (
+    steps = ([f"FLAP structured pruning of the FFN layers ({_compensation_short(data.prune_summary or {})})"]
+             if data.flap_pruned else []) + (
         [f"GPTQ INT{data.quantize_config.get('bits')} weight-only quantization through GPTQModel"]
         if data.quantized and data.quantize_config
         else []

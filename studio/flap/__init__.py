@@ -1,22 +1,38 @@
-"""FLAP structured pruning of Gemma 4 FFNs: statistics, scores, plan suggestion, pruning."""
+"""FLAP structured pruning of Gemma 4 FFNs: statistics, scores, plan suggestion, pruning, compensation.
 
-from studio.flap.prune import compensation_bias, keep_indices, prune_layer, prune_model
-from studio.flap.scores import METRICS, channel_scores, model_scores, standardize
-from studio.flap.stats import Cancelled, ChannelMoments, FlapStatistics, collect_statistics
-from studio.flap.suggest import suggest_widths
+Names load their module on first use, so `studio.flap.settings` (read by the job spec parser and
+the CLI) imports without torch.
+"""
 
-__all__ = [
-    "METRICS",
-    "Cancelled",
-    "ChannelMoments",
-    "FlapStatistics",
-    "channel_scores",
-    "collect_statistics",
-    "compensation_bias",
-    "keep_indices",
-    "model_scores",
-    "prune_layer",
-    "prune_model",
-    "standardize",
-    "suggest_widths",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "COMPENSATIONS": "studio.flap.settings",
+    "FlapSettings": "studio.flap.settings",
+    "METRICS": "studio.flap.settings",
+    "Cancelled": "studio.flap.stats",
+    "ChannelMoments": "studio.flap.stats",
+    "FlapStatistics": "studio.flap.stats",
+    "collect_statistics": "studio.flap.stats",
+    "channel_scores": "studio.flap.scores",
+    "model_scores": "studio.flap.scores",
+    "standardize": "studio.flap.scores",
+    "compensation_bias": "studio.flap.prune",
+    "keep_indices": "studio.flap.prune",
+    "prune_layer": "studio.flap.prune",
+    "prune_model": "studio.flap.prune",
+    "GramMatrix": "studio.flap.refit",
+    "refit_down_proj": "studio.flap.refit",
+    "prune_while_calibrating": "studio.flap.layerwise",
+    "suggest_widths": "studio.flap.suggest",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'studio.flap' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

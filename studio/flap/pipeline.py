@@ -2,6 +2,10 @@
 
 Each stage is its own function so the job runner can persist and resume them one by one;
 `prune_checkpoint` chains them for the CLI.
+
+With `bias` or `none` compensation, one-shot, pruning needs only the statistics. A refit or a
+sequential pass prunes inside a second, layer-by-layer pass over the calibration data
+(`studio.flap.layerwise`); with a preset plan (widths known up front) that pass is the only one.
 """
 
 from __future__ import annotations
@@ -9,7 +13,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -18,8 +21,10 @@ from transformers import AutoConfig
 
 from studio.atomic import atomic_directory
 from studio.calibration import CalibrationSpec, build_calibration_ids
+from studio.flap.layerwise import prune_while_calibrating
 from studio.flap.prune import LayerPruneResult, prune_model
 from studio.flap.scores import model_scores, standardize
+from studio.flap.settings import FlapSettings
 from studio.flap.stats import ChannelMoments, FlapStatistics, ProgressFn, collect_statistics
 from studio.flap.suggest import suggest_widths
 from studio.modeling import load_model, text_config_of
@@ -27,17 +32,6 @@ from studio.plan import PruningPlan
 
 STATS_FILE = "flap_stats.safetensors"
 SUMMARY_FILE = "prune_summary.json"
-
-
-@dataclass(frozen=True)
-class FlapSettings:
-    """How channels are scored and pruned."""
-
-    metric: str = "wifv"
-    bias_compensation: bool = True
-    batch_size: int = 1
-    layerwise: bool = False
-    max_ratio: float = 0.5  # per-layer cap when a plan is suggested from a global ratio
 
 
 def load_tokenizer(model_dir: str | Path):
@@ -146,6 +140,45 @@ def _param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def apply_plan(
+    model,
+    widths: list[int],
+    settings: FlapSettings,
+    stats: FlapStatistics | None,
+    scores: list[torch.Tensor] | None,
+    input_ids: torch.Tensor | None = None,
+    device: str | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[FlapStatistics, list[torch.Tensor], list[LayerPruneResult]]:
+    """Prune `model` in place to `widths` with the settings' compensation.
+
+    `stats`/`scores` are a one-shot statistics pass (None: not collected). A refit or sequential
+    prune runs its own pass over `input_ids`. Returns the statistics and scores the channels were
+    chosen from, and each layer's result.
+    """
+    if not settings.calibrates_while_pruning:
+        if stats is None or scores is None:
+            raise ValueError("statistics: pruning without a calibration pass needs FLAP statistics")
+        return stats, scores, prune_model(model, scores, stats.means, widths, settings.compensation)
+    if input_ids is None:
+        raise ValueError(f"calibration: compensation={settings.compensation!r}, sequential={settings.sequential} "
+                         "prunes during a calibration pass and needs the calibration ids")
+    fixed = None if settings.sequential else scores
+    calibrated = prune_while_calibrating(model, input_ids, widths, settings, device, fixed, progress, should_stop)
+    if fixed is None:
+        return calibrated.statistics, calibrated.scores, calibrated.results
+    return stats, scores, calibrated.results
+
+
+def describe_settings(settings: FlapSettings) -> dict:
+    """The summary fields that say how a checkpoint was pruned (read by the model card)."""
+    described = {"metric": settings.metric, "compensation": settings.compensation, "sequential": settings.sequential}
+    if settings.compensation == "refit":
+        described["refit_damp"] = settings.refit_damp
+    return described
+
+
 def prune_checkpoint(
     model_dir: str | Path,
     plan: PruningPlan | float,
@@ -160,7 +193,9 @@ def prune_checkpoint(
     """Prune `model_dir` with FLAP and write the pruned checkpoint to `out_dir` (atomically).
 
     `plan` is a resolved `PruningPlan` or a global ratio, in which case the plan is suggested from
-    the scores. Returns the prune summary (also written as `prune_summary.json`).
+    the scores of a one-shot statistics pass. Returns the prune summary (also written as
+    `prune_summary.json`).
+
     With `settings.layerwise` and a local safetensors folder, the model is never loaded whole: see
     `prune_checkpoint_streamed`.
     """
@@ -174,18 +209,22 @@ def prune_checkpoint(
     ids = build_calibration_ids(text_tokenizer(processor), calibration)
     model = load_model(model_dir, dtype=dtype, device=None if settings.layerwise else device)
     text_config = text_config_of(model.config)
-    stats = collect_statistics(
-        model, ids, settings.batch_size, device, settings.layerwise, progress=progress, should_stop=should_stop
-    )
-    scores = model_scores(model, stats, settings.metric)
+    stats = scores = None
+    # A refit or sequential prune with known widths measures during its own pass: no separate statistics pass.
+    if not isinstance(plan, PruningPlan) or not settings.calibrates_while_pruning:
+        stats = collect_statistics(
+            model, ids, settings.batch_size, device, settings.layerwise, progress=progress, should_stop=should_stop
+        )
+        scores = model_scores(model, stats, settings.metric)
     if not isinstance(plan, PruningPlan):
         plan = suggested_plan(scores, text_config, float(plan), settings.max_ratio)
     plan.validate()
     params_before = _param_count(model)
-    results = prune_model(model, scores, stats.means, plan.widths, settings.bias_compensation)
+    stats, scores, results = apply_plan(
+        model, plan.widths, settings, stats, scores, ids, device, progress=progress, should_stop=should_stop
+    )
     summary = prune_summary(results, params_before, _param_count(model), plan)
-    summary["metric"] = settings.metric
-    summary["bias_compensation"] = settings.bias_compensation
+    summary.update(describe_settings(settings))
     summary["calibration"] = calibration.to_dict()
     with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging)
@@ -208,49 +247,61 @@ def prune_checkpoint_streamed(
 ) -> dict:
     """`prune_checkpoint` out of core: the same result, bit for bit, holding one decoder layer.
 
-    Statistics run layer by layer with each layer read from the checkpoint's shards (and the
-    embeddings only at the calibration tokens); scores need each layer's down_proj alone; the
-    pruned checkpoint is then written layer by layer, each layer read, pruned and written before
-    the next, and every other tensor copied through in chunks.
+    Layers are read from the checkpoint's shards one at a time (the embeddings only at the
+    calibration tokens) for the statistics pass; scores need each layer's down_proj alone. The
+    pruned checkpoint is written as it is made: every tensor outside the decoder layers is copied
+    through in chunks first, then each layer is read, pruned and written before the next (in the
+    refit or sequential pass, as that pass prunes it).
     """
+    from studio.flap.layerwise import prune_while_calibrating
     from studio.flap.prune import prune_layer
     from studio.flap.scores import channel_scores
     from studio.flap.stats import collect_statistics_layerwise
     from studio.modeling import mark_config_pruned
-    from studio.streaming import StreamedDecoder, meta_model, set_loaded_dtype, write_layer_by_layer
+    from studio.streaming import LayerByLayerWriter, StreamedDecoder, meta_model, set_loaded_dtype
 
     processor = load_tokenizer(model_dir)
     ids = build_calibration_ids(text_tokenizer(processor), calibration)
     source = StreamedDecoder(model_dir, dtype, device)
-    stats = collect_statistics_layerwise(source, ids, settings.batch_size, progress, should_stop)
-    scores = [
-        channel_scores(settings.metric, m.mean, m.variance, source.tensor(f"layers.{i}.mlp.down_proj.weight"))
-        for i, m in enumerate(stats.layers)
-    ]
+    stats = scores = None
+    # As in `prune_checkpoint`: a refit or sequential prune with known widths needs no separate pass.
+    if not isinstance(plan, PruningPlan) or not settings.calibrates_while_pruning:
+        stats = collect_statistics_layerwise(source, ids, settings.batch_size, progress, should_stop)
+        scores = [
+            channel_scores(settings.metric, m.mean, m.variance, source.tensor(f"layers.{i}.mlp.down_proj.weight"))
+            for i, m in enumerate(stats.layers)
+        ]
     if not isinstance(plan, PruningPlan):
         plan = suggested_plan(scores, source.text_config, float(plan), settings.max_ratio)
     plan.validate()
     pruned_config = copy.deepcopy(source.config)
     mark_config_pruned(pruned_config, plan.widths)
+    set_loaded_dtype(pruned_config, source.dtype)
     pruned_model = meta_model(pruned_config)
-    results: list[LayerPruneResult] = []
-
-    def pruned_layer(index: int):
-        layer = source.load(index, torch.device("cpu"))
-        original = layer.mlp.down_proj.in_features
-        keep, before, after = prune_layer(
-            layer, scores[index], stats.layers[index].mean, plan.widths[index], settings.bias_compensation
-        )
-        results.append(LayerPruneResult(index, original, plan.widths[index], before, after, keep))
-        return layer
-
     with atomic_directory(out_dir) as staging:
-        write_layer_by_layer(staging, source.checkpoint, pruned_model, source.dtype, pruned_layer)
+        writer = LayerByLayerWriter(staging, source.checkpoint, pruned_model, source.dtype)
+        if settings.calibrates_while_pruning:
+            fixed = None if settings.sequential else scores
+            calibrated = prune_while_calibrating(
+                source, ids, plan.widths, settings, None, fixed, progress, should_stop, on_pruned=writer.write_layer
+            )
+            results = calibrated.results
+            if fixed is None:
+                stats, scores = calibrated.statistics, calibrated.scores
+        else:
+            results = []
+            for index, width in enumerate(plan.widths):
+                layer = source.load(index, torch.device("cpu"))
+                original = layer.mlp.down_proj.in_features
+                keep, before, after = prune_layer(
+                    layer, scores[index], stats.layers[index].mean, width, settings.compensation
+                )
+                results.append(LayerPruneResult(index, original, width, before, after, keep))
+                writer.write_layer(index, layer)
+        writer.close()
         summary = prune_summary(results, _param_count(source.model), _param_count(pruned_model), plan)
-        summary["metric"] = settings.metric
-        summary["bias_compensation"] = settings.bias_compensation
+        summary.update(describe_settings(settings))
         summary["calibration"] = calibration.to_dict()
-        set_loaded_dtype(pruned_config, source.dtype)
         pruned_config.save_pretrained(staging)
         _copy_generation_config(model_dir, staging)
         processor.save_pretrained(staging)

@@ -16,7 +16,7 @@ import torch
 from studio.flap.stats import FlapStatistics
 from studio.modeling import decoder_layers
 
-METRICS = ("wifv", "wifn", "ifv")
+from studio.flap.settings import METRICS
 
 
 def channel_scores(

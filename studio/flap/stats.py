@@ -10,7 +10,10 @@ Two ways to run the decoder over the calibration data:
 - batched: whole-model forwards with a hook per layer, when the model fits on the device;
 - layerwise: the decoder stack one layer at a time on cached layer inputs, as GPTQ does, so only
   one decoder layer need be on the accelerator at once.
-Both give the same statistics.
+Both give the same statistics. The layer-by-layer walk (`walk_layers`) takes a per-layer visit, so
+the passes that prune while they calibrate (`studio.flap.layerwise`) reuse it, and a layer source,
+so the layers may come from a model in memory (`ModelLayers`) or be read from the checkpoint's
+shards one at a time (`studio.streaming.StreamedDecoder`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "ProgressFn",
     "collect_statistics",
     "collect_statistics_layerwise",
+    "walk_layers",
 ]
 
 
@@ -108,9 +112,23 @@ def language_model_of(model) -> nn.Module:
     return getattr(inner, "language_model", inner)
 
 
+def _down_proj_recorder(layer, moments: list[ChannelMoments], index: int):
+    def hook(_module, inputs):
+        moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
+
+    return layer.mlp.down_proj.register_forward_pre_hook(hook)
+
+
 def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
     for start in range(0, input_ids.shape[0], batch_size):
         yield input_ids[start : start + batch_size]
+
+
+def check_calibration_batch(input_ids: torch.Tensor, batch_size: int) -> None:
+    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
+    if batch_size <= 0:
+        raise ValueError(f"batch_size: must be positive, got {batch_size}")
 
 
 @torch.no_grad()
@@ -130,7 +148,7 @@ def collect_statistics(
     """
     if layerwise:
         return collect_statistics_layerwise(ModelLayers(model, device), input_ids, batch_size, progress, should_stop)
-    _check_inputs(input_ids, batch_size)
+    check_calibration_batch(input_ids, batch_size)
     layers = decoder_layers(model)
     moments = [ChannelMoments.empty(layer.mlp.down_proj.in_features) for layer in layers]
     handles = [_down_proj_recorder(layer, moments, i) for i, layer in enumerate(layers)]
@@ -142,18 +160,28 @@ def collect_statistics(
     return FlapStatistics(moments)
 
 
-def _check_inputs(input_ids: torch.Tensor, batch_size: int) -> None:
-    if input_ids.ndim != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids: expected a non-empty [samples, seqlen] tensor, got {tuple(input_ids.shape)}")
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: must be positive, got {batch_size}")
+@torch.no_grad()
+def collect_statistics_layerwise(
+    source,
+    input_ids: torch.Tensor,
+    batch_size: int = 1,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FlapStatistics:
+    """`collect_statistics` one decoder layer at a time, the layers coming from `source` (a
+    `ModelLayers`, or a `StreamedDecoder` reading them from disk)."""
+    check_calibration_batch(input_ids, batch_size)
+    moments = [ChannelMoments.empty(width) for width in source.widths]
 
+    def visit(index: int, layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+        handle = _down_proj_recorder(layer, moments, index)
+        try:
+            return inputs.forward(layer)
+        finally:
+            handle.remove()
 
-def _down_proj_recorder(layer, moments: list[ChannelMoments], index: int):
-    def hook(_module, inputs):
-        moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
-
-    return layer.mlp.down_proj.register_forward_pre_hook(hook)
+    walk_layers(source, input_ids, batch_size, None, visit, progress, should_stop)
+    return FlapStatistics(moments)
 
 
 def _run_batched(model, input_ids, batch_size, progress, should_stop) -> None:
@@ -199,12 +227,37 @@ def _record_layer_calls(decoder, batch: torch.Tensor) -> list[list]:
     return [layer_calls[0] for layer_calls in calls]
 
 
-class ModelLayers:
-    """The layer source of a model in memory: each decoder layer moved to `device` while it runs.
+@dataclass
+class LayerInputs:
+    """What one decoder layer is called with, per calibration batch: hidden states and the other arguments."""
 
-    A layer source gives the layerwise loop a batch's per-layer call arguments (`layer_calls`), a
-    layer ready to run (`load`) and takes it back (`release`); `studio.streaming.StreamedDecoder`
-    is the one that reads layers from disk instead.
+    hidden: list[torch.Tensor]
+    calls: list[tuple[tuple, dict]]
+    device: torch.device
+
+    def forward(self, layer: nn.Module) -> list[torch.Tensor]:
+        """`layer`'s output hidden states for every batch (the layer must be on `device`)."""
+        return [
+            layer(hidden, *_to(args, self.device), **_to(kwargs, self.device))
+            for hidden, (args, kwargs) in zip(self.hidden, self.calls)
+        ]
+
+
+# visit(index, layer, inputs) -> the hidden states the next layer receives.
+LayerVisit = Callable[[int, nn.Module, LayerInputs], list[torch.Tensor]]
+
+
+def forward_layer(_index: int, layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+    """The plain visit: run the layer, pass its outputs on."""
+    return inputs.forward(layer)
+
+
+class ModelLayers:
+    """The layer source of a model in memory: each decoder layer moved to `device` for its visit.
+
+    A layer source gives the layer walk a batch's per-layer call arguments (`layer_calls`), a
+    layer ready to run on `device` (`load`), and takes it back, pruned or not (`release`);
+    `studio.streaming.StreamedDecoder` is the one that reads layers from disk instead.
     """
 
     def __init__(self, model, device: str | torch.device | None = None):
@@ -223,41 +276,52 @@ class ModelLayers:
     def layer_calls(self, batch: torch.Tensor) -> list:
         return _record_layer_calls(self.decoder, batch.to(next(self.decoder.embed_tokens.parameters()).device))
 
-    def load(self, index: int):
+    def load(self, index: int) -> nn.Module:
         return self.decoder.layers[index].to(self.device)
 
-    def release(self, index: int, layer) -> None:
+    def release(self, index: int, layer: nn.Module) -> None:
         layer.to(self.home)
 
 
-@torch.no_grad()
-def collect_statistics_layerwise(
-    source,
+def layer_source(model_or_source, device=None):
+    """`model_or_source` if it is a layer source already, else the model's `ModelLayers`."""
+    if hasattr(model_or_source, "layer_calls"):
+        return model_or_source
+    return ModelLayers(model_or_source, device)
+
+
+def walk_layers(
+    model,
     input_ids: torch.Tensor,
-    batch_size: int = 1,
+    batch_size: int,
+    device,
+    visit: LayerVisit = forward_layer,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
-) -> FlapStatistics:
-    """`collect_statistics` one decoder layer at a time, the layers coming from `source` (a
-    `ModelLayers`, or a `StreamedDecoder` reading them from disk)."""
-    _check_inputs(input_ids, batch_size)
-    moments = [ChannelMoments.empty(width) for width in source.widths]
+) -> None:
+    """Run the decoder stack one layer at a time over cached layer inputs, calling `visit` per layer.
+
+    `model` is a model (its layers visit `device`, where they already are when the whole model is
+    on the device) or a layer source (which knows its device; `device` is then ignored). Each
+    layer is on the device for its visit only. What `visit` returns becomes the next layer's
+    input, so a visit that prunes its layer and returns the pruned layer's outputs calibrates the
+    rest of the stack on the pruned prefix.
+    """
+    source = layer_source(model, device)
     # One recorded call per batch and layer; layer 0's hidden states are the embeddings.
     per_batch = [source.layer_calls(b) for b in _batches(input_ids, batch_size)]
     device = source.device
     hidden = [_to(calls[0][0], device) for calls in per_batch]
     for index in range(source.num_layers):
         check_stop(should_stop)
+        calls = [(calls[index][1], calls[index][2]) for calls in per_batch]
         layer = source.load(index)
-        handle = _down_proj_recorder(layer, moments, index)
-        for b, calls in enumerate(per_batch):
-            _, args, kwargs = calls[index]
-            hidden[b] = layer(hidden[b], *_to(args, device), **_to(kwargs, device))
-        handle.remove()
-        source.release(index, layer)
+        try:
+            hidden = visit(index, layer, LayerInputs(hidden, calls, device))
+        finally:
+            source.release(index, layer)
         if progress:
             progress(index + 1, source.num_layers, "layers")
-    return FlapStatistics(moments)
 
 
 def _to(value, device):

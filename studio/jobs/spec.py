@@ -19,10 +19,10 @@ from typing import Any
 import yaml
 
 from studio.calibration import CalibrationSpec
+from studio.flap.settings import FlapSettings
 from studio.paths import presets_dir
 
 DTYPES = ("bfloat16", "float16", "float32")
-FLAP_METRICS = ("wifv", "wifn", "ifv")
 GPTQ_BITS = (2, 3, 4, 8)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -31,14 +31,9 @@ DEFAULT_EVAL_SOURCE = "hf:wikitext/wikitext-2-raw-v1/test"
 TOP_LEVEL_KEYS = ("model", "output", "dtype", "plan", "flap", "calibration", "quantize", "export", "evaluate")
 
 
-@dataclass(frozen=True)
-class FlapSettings:
-    metric: str = "wifv"
-    max_ratio: float = 0.5  # cap per layer when the plan is a global ratio
-    bias_compensation: bool = True
-    batch_size: int = 1
-    # One decoder layer at a time on the accelerator: fits big models, reports progress per layer.
-    layerwise: bool = True
+FLAP_FIELDS = ("metric", "max_ratio", "compensation", "refit_damp", "sequential", "batch_size", "layerwise")
+# Jobs calibrate one decoder layer at a time on the accelerator: fits big models, reports progress per layer.
+JOB_FLAP_DEFAULTS = FlapSettings(layerwise=True)
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ class JobSpec:
     output: str
     plan: dict
     dtype: str = "bfloat16"
-    flap: FlapSettings = field(default_factory=FlapSettings)
+    flap: FlapSettings = JOB_FLAP_DEFAULTS
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
     quantize: GptqSettings | None = field(default_factory=GptqSettings)
     export: bool = True
@@ -96,7 +91,7 @@ class JobSpec:
             output=data["output"],
             plan=data["plan"],
             dtype=data["dtype"],
-            flap=FlapSettings(**data["flap"]),
+            flap=FlapSettings.from_dict(data["flap"]),
             calibration=CalibrationSpec(**data["calibration"]),
             quantize=GptqSettings(**quantize) if quantize is not None else None,
             export=data["export"],
@@ -233,20 +228,15 @@ def _calibration(section: dict, base: Path) -> CalibrationSpec:
 
 
 def _flap(section: dict) -> FlapSettings:
-    _reject_unknown("flap.", section, ("metric", "max_ratio", "bias_compensation", "batch_size", "layerwise"))
-    defaults = FlapSettings()
-    metric = section.get("metric", defaults.metric)
-    if metric not in FLAP_METRICS:
-        raise ValueError(f"flap.metric: must be one of {', '.join(FLAP_METRICS)}, got {metric!r}")
-    return FlapSettings(
-        metric=metric,
-        max_ratio=_fraction("flap.max_ratio", section.get("max_ratio", defaults.max_ratio)),
-        bias_compensation=_bool(
-            "flap.bias_compensation", section.get("bias_compensation", defaults.bias_compensation)
-        ),
-        batch_size=_positive_int("flap.batch_size", section.get("batch_size", defaults.batch_size)),
-        layerwise=_bool("flap.layerwise", section.get("layerwise", defaults.layerwise)),
-    )
+    # `bias_compensation: true|false` is the older spelling of `compensation: bias|none`.
+    _reject_unknown("flap.", section, (*FLAP_FIELDS, "bias_compensation"))
+    values = {name: section[name] for name in FLAP_FIELDS if name in section}
+    if "bias_compensation" in section:
+        if "compensation" in section:
+            raise ValueError("flap.bias_compensation: replaced by flap.compensation; give only flap.compensation")
+        values["compensation"] = "bias" if _bool("flap.bias_compensation", section["bias_compensation"]) else "none"
+    defaults = asdict(JOB_FLAP_DEFAULTS)
+    return FlapSettings(**{**defaults, **values})  # FlapSettings validates, naming the field
 
 
 def _gptq(section: dict) -> GptqSettings:

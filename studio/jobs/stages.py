@@ -20,7 +20,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import time
 import traceback
 from collections.abc import Callable
@@ -147,25 +146,35 @@ def resolved_plan(spec: JobSpec, text_config, scores):
 
 
 def prune(ctx: StageContext, out: Path) -> None:
-    """Choose widths, prune with bias compensation and save the pruned checkpoint."""
+    """Choose widths, prune with the spec's compensation and save the pruned checkpoint.
+
+    A refit or sequential prune runs its own layer-by-layer pass over the job's calibration ids
+    (on the device, one layer at a time when `flap.layerwise`); the checkpoint then carries the
+    statistics its channels were chosen from.
+    """
     pipeline = flap_pipeline()
-    from studio.flap.prune import prune_model
     from studio.modeling import load_model, text_config_of
 
-    model = load_model(ctx.spec.model, dtype=torch_dtype(ctx.spec.dtype))
+    flap = ctx.spec.flap
+    calibrating = flap.calibrates_while_pruning
+    device = ctx.device if calibrating and not flap.layerwise else None
+    model = load_model(ctx.spec.model, dtype=torch_dtype(ctx.spec.dtype), device=device)
     stats_path = ctx.outputs["statistics"] / pipeline.STATS_FILE
     stats, scores, _metric = pipeline.load_statistics(stats_path)
     plan = resolved_plan(ctx.spec, text_config_of(model.config), scores)
     plan.validate()
     params_before = sum(p.numel() for p in model.parameters())
-    results = prune_model(model, scores, stats.means, plan.widths, ctx.spec.flap.bias_compensation)
+    ids = load_calibration_ids(ctx.outputs["calibrate"]) if calibrating else None
+    stats, scores, results = pipeline.apply_plan(
+        model, plan.widths, flap, stats, scores, ids, ctx.device, progress=ctx.progress, should_stop=ctx.should_stop
+    )
     summary = pipeline.prune_summary(results, params_before, sum(p.numel() for p in model.parameters()), plan)
-    summary.update(metric=ctx.spec.flap.metric, bias_compensation=ctx.spec.flap.bias_compensation)
+    summary.update(pipeline.describe_settings(flap))
     summary["calibration"] = asdict(ctx.spec.calibration)
     checkpoint = out / "model"
     model.save_pretrained(checkpoint)
     pipeline.load_tokenizer(ctx.spec.model).save_pretrained(checkpoint)
-    shutil.copyfile(stats_path, checkpoint / pipeline.STATS_FILE)
+    pipeline.save_statistics(checkpoint / pipeline.STATS_FILE, stats, scores, flap.metric)
     (checkpoint / pipeline.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     ctx.progress(len(plan.widths), len(plan.widths))
 
@@ -281,8 +290,14 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "prune",
-        lambda s: {"plan": s.plan, "max_ratio": s.flap.max_ratio, "bias_compensation": s.flap.bias_compensation},
-        ("studio.flap.suggest", "studio.flap.prune", "studio.flap.pipeline", "studio.plan", "studio.modeling"),
+        lambda s: {
+            "plan": s.plan,
+            "max_ratio": s.flap.max_ratio,
+            "compensation": s.flap.compensation,
+            "refit_damp": s.flap.refit_damp,
+            "sequential": s.flap.sequential,
+        },
+        ("studio.flap", "studio.plan", "studio.modeling"),
         prune,
     ),
     Stage(

@@ -19,6 +19,7 @@ import gradio as gr
 from studio.job_results import job_outputs
 from studio.jobs.client import cancel, job_store, submit
 from studio.ui import access
+from studio.flap.settings import COMPENSATIONS
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES
 from studio.jobs.store import FINAL_STATUSES, UnknownJob, describe
@@ -40,8 +41,13 @@ def export_available() -> bool:
     return importlib.util.find_spec("studio.export") is not None
 
 
-def build_spec(model_state, plan_state, output, calibration: dict, quantize: bool, evaluate: bool, eval_text: str) -> dict:
-    """The job spec mapping for the current model, plan and forms (validated by `parse_spec`)."""
+def build_spec(
+    model_state, plan_state, output, calibration: dict, quantize: bool, evaluate: bool, eval_text: str, flap: dict | None = None
+) -> dict:
+    """The job spec mapping for the current model, plan and forms (validated by `parse_spec`).
+
+    `flap` holds the form's FLAP choices (`compensation`, `sequential`); absent ones take the spec defaults.
+    """
     if not model_state:
         raise ValueError("model: load a model first (Model & data tab)")
     if not model_state.get("checkpoint"):
@@ -53,6 +59,7 @@ def build_spec(model_state, plan_state, output, calibration: dict, quantize: boo
         "model": model_state["checkpoint"],
         "output": (output or "").strip() or f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}",
         "plan": plan.to_preset(),
+        "flap": dict(flap or {}),
         "calibration": {
             "source": calibration["source"],
             "samples": int(calibration["samples"]),
@@ -135,14 +142,14 @@ def refresh(browser: dict, selected: str | None, ctx: StudioContext):
     return listing, gr.update(choices=choices, value=selected), log, links
 
 
-def submit_job(output, quantize, evaluate, model_state, plan_state, source, samples, seqlen, seed, ctx, user=None):
+def submit_job(output, quantize, evaluate, model_state, plan_state, source, samples, seqlen, seed, ctx, user=None, flap=None):
     """Validate and queue the current model + plan; returns the job id and a message.
 
     `user` (from `access.require_submitter`) is recorded as the job's submitter.
     """
     calibration = {"source": source, "samples": samples, "seqlen": seqlen, "seed": seed}
     try:
-        spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, str(ctx.eval_text)))
+        spec = parse_spec(build_spec(model_state, plan_state, output, calibration, quantize, evaluate, str(ctx.eval_text), flap))
         job_id = submit(spec, home=ctx.home)
     except (ValueError, FileNotFoundError) as err:
         raise gr.Error(str(err)) from err
@@ -194,6 +201,12 @@ def create_ui(ctx: StudioContext, shared: Shared):
         quantize = gr.Checkbox(True, label="GPTQ W4A16 after pruning")
         evaluate = gr.Checkbox(False, label="perplexity after compression")
         submit_button = gr.Button("Submit current plan", variant="primary", elem_id="submit-job", scale=1)
+    with gr.Row():
+        compensation = gr.Dropdown(
+            list(COMPENSATIONS), value="bias", label="compensation of the removed channels",
+            info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
+        )
+        sequential = gr.Checkbox(False, label="sequential calibration (each layer on the pruned layers before it)")
     submit_message = gr.Markdown(elem_id="submit-message")
     if not export_available():
         gr.Markdown("_Export is not part of this installation yet: results stay in the job folder._")
@@ -212,16 +225,18 @@ def create_ui(ctx: StudioContext, shared: Shared):
     cal = shared.calibration
 
     def submit_current_plan(output_name, quantize_after, evaluate_after, model_state, plan_state,
-                            calibration_source, samples, seqlen, seed, profile: gr.OAuthProfile | None = None):
+                            calibration_source, samples, seqlen, seed, compensation_choice="bias", sequential_choice=False,
+                            profile: gr.OAuthProfile | None = None):
         # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
         user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
+        flap = {"compensation": compensation_choice, "sequential": bool(sequential_choice)}
         return submit_job(output_name, quantize_after, evaluate_after, model_state, plan_state,
-                          calibration_source, samples, seqlen, seed, ctx, user)
+                          calibration_source, samples, seqlen, seed, ctx, user, flap)
 
     submit_button.click(
         submit_current_plan,
         [output, quantize, evaluate, shared.model_state, shared.plan_state,
-         cal["source"], cal["samples"], cal["seqlen"], cal["seed"]],
+         cal["source"], cal["samples"], cal["seqlen"], cal["seed"], compensation, sequential],
         [last_job, submit_message],
         api_name="submit_job",
     ).success(remember_job, [last_job, shared.browser_jobs], [shared.browser_jobs, selected], api_visibility="private")

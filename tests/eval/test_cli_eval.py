@@ -16,7 +16,8 @@ def test_eval_prints_json(demo_model_dir, capsys):
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"model", "text", "ppl", "nll", "tokens", "seqlen", "stride"}
-    assert (result["tokens"], result["seqlen"], result["stride"]) == (299, 64, 32)
+    # The demo tokenizer adds BOS (as Gemma's): every window is BOS + 63 text tokens, every text token scored.
+    assert (result["tokens"], result["seqlen"], result["stride"]) == (300, 64, 32)
     # A random-weight model over a 2048-token vocabulary: roughly uniform guesses, far from 1.
     assert 100 < result["ppl"] < 100_000
 
@@ -52,6 +53,6 @@ def test_eval_runs_a_gptq_export(demo_model_dir, tmp_path, capsys):
     assert main(["eval", "--model", str(demo_model_dir), *args]) == 0
     base = json.loads(capsys.readouterr().out)
 
-    assert int4["tokens"] == base["tokens"] == 504
+    assert int4["tokens"] == base["tokens"] == 512  # BOS-led windows: every one of the 512 text tokens is scored
     assert int4["ppl"] != base["ppl"]
     assert abs(int4["nll"] - base["nll"]) < 0.05  # 4-bit weights of a random model: a small shift

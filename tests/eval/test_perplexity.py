@@ -41,6 +41,23 @@ def test_overlapping_windows_score_every_token_after_the_first_once(num_tokens, 
         assert w.first_target - w.start >= min(seqlen - stride, w.first_target)
 
 
+@pytest.mark.parametrize("num_tokens,seqlen,stride", [(300, 64, 32), (300, 64, 64), (300, 64, 63), (257, 64, 1), (10, 64, 8)])
+def test_bos_led_windows_score_every_token_once(num_tokens, seqlen, stride):
+    windows = sliding_windows(num_tokens, seqlen, stride, bos=True)
+    scored = _scored_positions(windows)
+    assert sorted(scored) == list(range(num_tokens))  # the BOS predicts each window's first token
+    assert {w.end - w.start for w in windows} == {min(seqlen - 1, num_tokens)}  # + the BOS: seqlen fed
+    for w in windows:
+        assert w.first_target - w.start >= min(seqlen - 1 - min(stride, seqlen - 1), w.first_target)
+
+
+def test_bos_led_disjoint_windows():
+    windows = sliding_windows(300, 64, 64, bos=True)  # stride seqlen: disjoint, 63 text tokens each
+    assert [(w.start, w.end, w.first_target) for w in windows] == [
+        (0, 63, 0), (63, 126, 63), (126, 189, 126), (189, 252, 189), (237, 300, 252)
+    ]
+
+
 def test_disjoint_windows_leave_each_window_start_unscored():
     windows = sliding_windows(300, 64, 64)
     assert [(w.start, w.first_target) for w in windows] == [(0, 1), (64, 65), (128, 129), (192, 193), (236, 256)]
@@ -59,13 +76,33 @@ def test_bad_windowing_is_rejected_naming_the_field(args, message):
 
 
 def test_single_window_perplexity_is_exp_of_mean_token_nll(demo, text):
+    """The demo tokenizer adds BOS, as Gemma's does: the window is BOS + the text, and BOS predicts the first token."""
+    model, tokenizer = demo
+    ids = tokenize_text(tokenizer, text, max_tokens=200)
+    assert tokenizer.bos_token_id not in ids.tolist()
+    fed = torch.cat([torch.tensor([tokenizer.bos_token_id]), ids])
+    with torch.no_grad():
+        logprobs = torch.log_softmax(model(input_ids=fed[None]).logits[0].double(), dim=-1)
+    by_hand = -logprobs[:-1].gather(1, fed[1:, None]).mean().item()
+
+    result = evaluate_perplexity(model, tokenizer, text, seqlen=512, max_tokens=200)
+
+    assert result.tokens == 200  # every text token, the BOS never
+    assert result.seqlen == 201  # the text is shorter than one window: BOS + 200 tokens
+    assert result.nll == pytest.approx(by_hand, rel=1e-5)
+    assert result.ppl == pytest.approx(math.exp(by_hand), rel=1e-5)
+
+
+def test_single_window_without_bos_scores_every_token_after_the_first(demo, text):
+    from studio.eval import evaluate_perplexity_ids
+
     model, tokenizer = demo
     ids = tokenize_text(tokenizer, text, max_tokens=200)
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=ids[None]).logits[0].double(), dim=-1)
     by_hand = -logprobs[:-1].gather(1, ids[1:, None]).mean().item()
 
-    result = evaluate_perplexity(model, tokenizer, text, seqlen=512, max_tokens=200)
+    result = evaluate_perplexity_ids(model, ids, seqlen=512)
 
     assert result.tokens == 199
     assert result.seqlen == 200  # the text is shorter than one window
@@ -73,29 +110,38 @@ def test_single_window_perplexity_is_exp_of_mean_token_nll(demo, text):
     assert result.ppl == pytest.approx(math.exp(by_hand), rel=1e-5)
 
 
-def test_sliding_perplexity_matches_a_window_by_window_computation(demo, text):
+@pytest.mark.parametrize("bos", [True, False])
+def test_sliding_perplexity_matches_a_window_by_window_computation(demo, text, bos):
+    from studio.eval import evaluate_perplexity_ids
+
     model, tokenizer = demo
     ids = tokenize_text(tokenizer, text, max_tokens=300)
+    prefix = [tokenizer.bos_token_id] if bos else []
     total, count = 0.0, 0
     with torch.no_grad():
-        for w in sliding_windows(300, 64, 24):
-            logits = model(input_ids=ids[None, w.start : w.end]).logits[0].double()
-            logprobs = torch.log_softmax(logits, dim=-1)
+        for w in sliding_windows(300, 64, 24, bos=bos):
+            fed = torch.tensor(prefix + ids[w.start : w.end].tolist())
+            assert len(fed) == 64
+            logprobs = torch.log_softmax(model(input_ids=fed[None]).logits[0].double(), dim=-1)
             for p in range(w.first_target, w.end):
-                total -= logprobs[p - 1 - w.start, ids[p]].item()
+                position = p - w.start + len(prefix)  # where token p sits in the fed window
+                total -= logprobs[position - 1, fed[position]].item()
                 count += 1
 
-    result = evaluate_perplexity(model, tokenizer, text, seqlen=64, stride=24, max_tokens=300, batch_size=3)
+    bos_id = tokenizer.bos_token_id if bos else None
+    result = evaluate_perplexity_ids(model, ids, seqlen=64, stride=24, batch_size=3, bos_token_id=bos_id)
 
-    assert result.tokens == count == 299
+    assert result.tokens == count == (300 if bos else 299)
     assert result.nll == pytest.approx(total / count, rel=1e-5)
+    if bos:
+        assert evaluate_perplexity(model, tokenizer, text, seqlen=64, stride=24, max_tokens=300, batch_size=3) == result
 
 
 def test_batched_equals_unbatched(demo, text):
     model, tokenizer = demo
     single = evaluate_perplexity(model, tokenizer, text, seqlen=64, stride=32, max_tokens=400, batch_size=1)
     batched = evaluate_perplexity(model, tokenizer, text, seqlen=64, stride=32, max_tokens=400, batch_size=5)
-    assert batched.tokens == single.tokens == 399
+    assert batched.tokens == single.tokens == 400
     assert batched.nll == pytest.approx(single.nll, rel=1e-5)
 
 
