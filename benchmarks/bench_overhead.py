@@ -9,6 +9,7 @@ alternating and keeping each one's best of `--repeats`:
 - raw: GPTQModel alone on the pruned checkpoint: the model built by the studio's loader (GPTQModel's
   own loader cannot hold per-layer widths), handed to GPTQModel's Gemma 4 definition with the same
   settings and calibration tokens, quantized and saved, nothing else.
+Also times `studio prune` and `studio quantize` alone, to say where the difference goes.
 Prints studio / raw (goal <= 1.15) and the time of each.
 """
 
@@ -73,10 +74,13 @@ def main() -> None:
         shape = DemoModelShape(num_layers=args.layers, hidden_size=args.hidden, intermediate_size=args.ffn)
         model = build_demo_model(tmp / "model", shape=shape)
         pruned = tmp / "pruned"
-        subprocess.run([python, "-m", "studio", "prune", "--model", str(model), "--plan", "uniform-20", *calibration,
-                        "--out", str(pruned)], check=True, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
-        runs = {"studio": [], "raw": []}
+        prune_seconds = _timed([python, "-m", "studio", "prune", "--model", str(model), "--plan", "uniform-20",
+                                *calibration, "--out", str(pruned)], env)
+        runs = {"studio": [], "raw": [], "studio_quantize": []}
         for attempt in range(args.repeats):
+            runs["studio_quantize"].append(_timed(
+                [python, "-m", "studio", "quantize", "--model", str(pruned), *calibration, "--device", "cpu",
+                 "--dtype", "float32", "--out", str(tmp / f"quantized-{attempt}")], env))
             runs["studio"].append(_timed(
                 [python, "-m", "studio", "compress", "--model", str(model), "--plan", "uniform-20", *calibration,
                  "--device", "cpu", "--dtype", "float32", "--out", str(tmp / f"export-{attempt}")], env))
@@ -87,7 +91,9 @@ def main() -> None:
     print(f"model: {args.layers} layers, hidden {args.hidden}, FFN {args.ffn}; {args.samples} x {args.seqlen} tokens")
     print(f"studio compress {best['studio']:.1f} s, raw GPTQModel {best['raw']:.1f} s: "
           f"ratio {best['studio'] / best['raw']:.2f} (goal <= 1.15)")
-    print(json.dumps({"runs": runs, "best": best, "ratio": best["studio"] / best["raw"]}))
+    print(f"of which: studio prune alone {prune_seconds:.1f} s; studio quantize alone {best['studio_quantize']:.1f} s "
+          f"({best['studio_quantize'] / best['raw']:.2f} x raw)")
+    print(json.dumps({"runs": runs, "best": best, "prune_seconds": prune_seconds, "ratio": best["studio"] / best["raw"]}))
 
 
 if __name__ == "__main__":

@@ -151,13 +151,18 @@ class Checkpoint:
         """
         stored = self._stored(name)
         convert = dtype is not None and dtype != stored.dtype
-        row_bytes = (stored.end - stored.start) // max(stored.shape[0], 1) if stored.shape else stored.end - stored.start
-        step = max(row_bytes, _COPY_CHUNK_BYTES // max(row_bytes, 1) * row_bytes) if row_bytes else 1
+        total = stored.end - stored.start
+        rows = stored.shape[0] if stored.shape else 1
+        row_bytes = total // rows if rows else total
+        # Whole rows per chunk, so that a converted chunk holds whole elements.
+        step = max(row_bytes, _COPY_CHUNK_BYTES // row_bytes * row_bytes) if row_bytes else _COPY_CHUNK_BYTES
         with open(stored.file, "rb") as handle:
             handle.seek(stored.start)
-            remaining = stored.end - stored.start
+            remaining = total
             while remaining > 0:
                 data = handle.read(min(step, remaining))
+                if not data:
+                    raise ValueError(f"{stored.file}: the file ends inside tensor {name!r}")
                 remaining -= len(data)
                 if convert:
                     data = tensor_bytes(torch.frombuffer(bytearray(data), dtype=stored.dtype).to(dtype))
