@@ -1,7 +1,7 @@
 """Baselines that FLAP is compared against: naive channel choices and round-to-nearest INT4.
 
 The FLAP engine prunes from any per-channel score vector (`studio.flap.prune_model(model, scores,
-means, widths, bias_compensation)`), so a baseline channel choice is only a score:
+means, widths, compensation)`), so a baseline channel choice is only a score:
 - weight magnitude: the L2 norm of everything the channel owns (its gate and up rows and its
   down_proj column), the structured analogue of magnitude pruning;
 - random: seeded uniform noise, the floor any method must beat.

@@ -56,8 +56,11 @@ class LayerMeasurements:
     gram: GramMatrix | None
 
 
-def measure_layer(layer, inputs: LayerInputs, with_gram: bool) -> tuple[LayerMeasurements, list[torch.Tensor]]:
-    """Run `layer` on its inputs, recording its down_proj input; return the measurements and the outputs."""
+def measure_layer(layer, inputs: LayerInputs, with_gram: bool, advance: bool) -> LayerMeasurements:
+    """Run `layer` on its inputs, recording its down_proj input.
+
+    With `advance`, the inputs are replaced by the layer's outputs (`LayerInputs.advance`).
+    """
     width = layer.mlp.down_proj.in_features
     measured = LayerMeasurements(ChannelMoments.empty(width), GramMatrix.empty(width, inputs.device) if with_gram else None)
 
@@ -69,10 +72,10 @@ def measure_layer(layer, inputs: LayerInputs, with_gram: bool) -> tuple[LayerMea
 
     handle = layer.mlp.down_proj.register_forward_pre_hook(record)
     try:
-        outputs = inputs.forward(layer)
+        inputs.advance(layer) if advance else inputs.run(layer)
     finally:
         handle.remove()
-    return measured, outputs
+    return measured
 
 
 @torch.no_grad()
@@ -111,7 +114,8 @@ def prune_while_calibrating(
     results: list[LayerPruneResult] = []
 
     def visit(index: int, layer, inputs: LayerInputs) -> list[torch.Tensor]:
-        measured, outputs = measure_layer(layer, inputs, with_gram=settings.compensation == "refit")
+        # One-shot: the next layer sees the full layer's outputs; sequential: the pruned layer's, computed below.
+        measured = measure_layer(layer, inputs, settings.compensation == "refit", advance=not settings.sequential)
         stats = measured.moments
         layer_scores = channel_scores(settings.metric, stats.mean, stats.variance, layer.mlp.down_proj.weight)
         chosen = scores[index] if scores is not None else layer_scores
@@ -124,8 +128,7 @@ def prune_while_calibrating(
         results.append(LayerPruneResult(index, original, widths[index], before, after, keep))
         if on_pruned is not None:
             on_pruned(index, layer)
-        # One-shot: the next layer sees the full model's activations; sequential: the pruned prefix's.
-        return inputs.forward(layer) if settings.sequential else outputs
+        return inputs.advance(layer) if settings.sequential else inputs.hidden
 
     walk_layers(source, input_ids, settings.batch_size, device, visit, progress, should_stop)
     if source is not model:

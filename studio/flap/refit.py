@@ -63,7 +63,8 @@ class GramMatrix:
         mean = self.mean
         block = self.xx[rows] if cols is None else self.xx[rows][:, cols]
         col_mean = mean if cols is None else mean[cols]
-        return block - self.count * torch.outer(mean[rows], col_mean)
+        # In place: at E4B's width a second block-sized temporary would be another 0.7 GB.
+        return block.addr_(mean[rows], col_mean, alpha=-self.count)
 
 
 @torch.no_grad()
@@ -97,6 +98,7 @@ def refit_down_proj(
         system.diagonal().add_(lam)
         rhs += lam * kept.T
     factor, info = torch.linalg.cholesky_ex(system)
+    del system  # the factor is a new matrix; at E4B's width each is 0.5 GB
     if int(info) != 0:
         raise ValueError(
             "compensation: the refit's Gram matrix is singular (dead channels or too few calibration tokens); "

@@ -176,7 +176,7 @@ def collect_statistics_layerwise(
     def visit(index: int, layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
         handle = _down_proj_recorder(layer, moments, index)
         try:
-            return inputs.forward(layer)
+            return inputs.advance(layer)
         finally:
             handle.remove()
 
@@ -235,12 +235,23 @@ class LayerInputs:
     calls: list[tuple[tuple, dict]]
     device: torch.device
 
-    def forward(self, layer: nn.Module) -> list[torch.Tensor]:
-        """`layer`'s output hidden states for every batch (the layer must be on `device`)."""
-        return [
-            layer(hidden, *_to(args, self.device), **_to(kwargs, self.device))
-            for hidden, (args, kwargs) in zip(self.hidden, self.calls)
-        ]
+    def _call(self, layer: nn.Module, batch: int) -> torch.Tensor:
+        args, kwargs = self.calls[batch]
+        return layer(self.hidden[batch], *_to(args, self.device), **_to(kwargs, self.device))
+
+    def run(self, layer: nn.Module) -> None:
+        """Run `layer` (on `device`) on every batch for its side effects (hooks), dropping the outputs."""
+        for batch in range(len(self.hidden)):
+            self._call(layer, batch)
+
+    def advance(self, layer: nn.Module) -> list[torch.Tensor]:
+        """Replace each batch's hidden states by `layer`'s outputs, one batch at a time, and return them.
+
+        In place, so that only one set of hidden states (plus one batch) is held at once.
+        """
+        for batch in range(len(self.hidden)):
+            self.hidden[batch] = self._call(layer, batch)
+        return self.hidden
 
 
 # visit(index, layer, inputs) -> the hidden states the next layer receives.
@@ -249,7 +260,7 @@ LayerVisit = Callable[[int, nn.Module, LayerInputs], list[torch.Tensor]]
 
 def forward_layer(_index: int, layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
     """The plain visit: run the layer, pass its outputs on."""
-    return inputs.forward(layer)
+    return inputs.advance(layer)
 
 
 class ModelLayers:
@@ -314,10 +325,10 @@ def walk_layers(
     hidden = [_to(calls[0][0], device) for calls in per_batch]
     for index in range(source.num_layers):
         check_stop(should_stop)
-        calls = [(calls[index][1], calls[index][2]) for calls in per_batch]
+        layer_calls = [(recorded[index][1], recorded[index][2]) for recorded in per_batch]
         layer = source.load(index)
         try:
-            hidden = visit(index, layer, LayerInputs(hidden, calls, device))
+            hidden = visit(index, layer, LayerInputs(hidden, layer_calls, device))
         finally:
             source.release(index, layer)
         if progress:

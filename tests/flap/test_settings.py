@@ -75,6 +75,27 @@ def test_cli_sequential_refit_prune_writes_its_choices_and_the_sequential_statis
     assert widths == [layer["kept_width"] for layer in json.loads((one_shot_dir / "prune_summary.json").read_text())["layers"]]
 
 
+def test_cli_one_shot_refit_with_a_ratio_keeps_the_bias_prunes_channels(demo_model_dir, tmp_path):
+    """--ratio: widths and channels come from the one-shot statistics pass; the refit's own pass changes only down_proj."""
+    from studio.modeling import decoder_layers, load_model
+
+    outs = {}
+    for compensation in ("bias", "refit"):
+        outs[compensation] = tmp_path / compensation
+        args = ["prune", "--model", str(demo_model_dir), "--ratio", "0.25", "--calib", str(CALIBRATION_TEXT),
+                "--samples", "4", "--seqlen", "64", "--layerwise", "--compensation", compensation,
+                "--out", str(outs[compensation])]  # fmt: skip
+        assert main(args) == 0
+    bias, refit = load_model(outs["bias"]), load_model(outs["refit"])
+    assert bias.config.text_config.intermediate_sizes == refit.config.text_config.intermediate_sizes
+    for a, b in zip(decoder_layers(bias), decoder_layers(refit)):
+        torch.testing.assert_close(a.mlp.up_proj.weight, b.mlp.up_proj.weight, rtol=0, atol=0)
+    assert any(
+        not torch.allclose(a.mlp.down_proj.weight, b.mlp.down_proj.weight)
+        for a, b in zip(decoder_layers(bias), decoder_layers(refit))
+    )
+
+
 def test_cli_refuses_a_bad_refit_damp_naming_the_flag(demo_model_dir, tmp_path, capsys):
     out = tmp_path / "pruned"
     args = ["prune", "--model", str(demo_model_dir), "--plan", "uniform-20", "--calib", str(CALIBRATION_TEXT),
