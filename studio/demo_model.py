@@ -10,6 +10,7 @@ project's own WikiText-2 copy, so calibration text tokenizes into realistic ids.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,22 +92,15 @@ class DemoModelShape:
         return types
 
     def num_kv_shared_layers(self) -> int:
-        shared = round(self.num_layers * self.kv_shared_fraction)
-        # The layers before the shared tail must produce both KV kinds (sliding and full).
-        while shared > 0 and "full_attention" not in self.layer_types()[: self.num_layers - shared]:
-            shared -= 1
-        return shared
+        return scaled_kv_shared_layers(self.layer_types(), self.kv_shared_fraction)
 
 
 def demo_config(shape: DemoModelShape):
     """The `Gemma4Config` of the demo model."""
-    from transformers import Gemma4Config
-
     if shape.num_layers < 2:
         raise ValueError(f"layers: the demo model needs at least 2 layers, got {shape.num_layers}")
     if shape.intermediate_size % 128:
         raise ValueError(f"intermediate_size: must be a multiple of 128, got {shape.intermediate_size}")
-    token_ids = _token_ids()
     text_config = {
         "model_type": "gemma4_text",
         "vocab_size": shape.vocab_size,
@@ -126,6 +120,17 @@ def demo_config(shape: DemoModelShape):
         "final_logit_softcapping": 30.0,
         "tie_word_embeddings": True,
         "hidden_activation": "gelu_pytorch_tanh",
+    }
+    return _multimodal_config(text_config, shape)
+
+
+def _multimodal_config(text_config: dict, shape: DemoModelShape):
+    """A `Gemma4Config` around `text_config` with the demo's small vision tower and token ids."""
+    from transformers import Gemma4Config
+
+    token_ids = _token_ids()
+    text_config = {
+        **text_config,
         "pad_token_id": token_ids["<pad>"],
         "eos_token_id": [token_ids["<eos>"], token_ids["<end_of_turn>"]],
         "bos_token_id": token_ids["<bos>"],
@@ -156,6 +161,43 @@ def demo_config(shape: DemoModelShape):
         tie_word_embeddings=True,
         architectures=["Gemma4ForConditionalGeneration"],
     )
+
+
+def scaled_layer_types(layer_types: list[str], layers: int) -> list[str]:
+    """The first `layers` entries of a sliding/full pattern, the last made global (Gemma 4's rule)."""
+    if not 2 <= layers <= len(layer_types):
+        raise ValueError(f"layers: must be between 2 and {len(layer_types)}, got {layers}")
+    types = list(layer_types[:layers])
+    types[-1] = "full_attention"
+    return types
+
+
+def scaled_kv_shared_layers(layer_types: list[str], shared_fraction: float) -> int:
+    """A KV-shared tail of `shared_fraction` of the layers, shortened until the layers before it
+    include a full-attention layer (shared layers reuse the last sliding and full KV before them)."""
+    shared = round(len(layer_types) * shared_fraction)
+    while shared > 0 and "full_attention" not in layer_types[: len(layer_types) - shared]:
+        shared -= 1
+    return shared
+
+
+def config_from_text_config(path: str | Path, layers: int | None = None, shape: DemoModelShape = DemoModelShape()):
+    """A `Gemma4Config` for a published text config (e.g. E4B's), with the demo's vision tower.
+
+    With `layers`, the decoder keeps the config's shapes but only its first `layers` layers (the
+    same sliding/full pattern) and a KV-shared tail of the same share, scaled to fit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--config: no such file {path}")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    text = {k: v for k, v in data.get("text_config", data).items() if not k.startswith("_")}
+    text["model_type"] = "gemma4_text"
+    if layers is not None and layers != text["num_hidden_layers"]:
+        types = scaled_layer_types(text["layer_types"], layers)
+        fraction = text.get("num_kv_shared_layers", 0) / text["num_hidden_layers"]
+        text.update(num_hidden_layers=layers, layer_types=types, num_kv_shared_layers=scaled_kv_shared_layers(types, fraction))
+    return _multimodal_config(text, shape)
 
 
 def _special_token_list() -> list[str]:
@@ -222,10 +264,12 @@ def build_demo_model(
     shape: DemoModelShape = DemoModelShape(),
     seed: int = 0,
     corpus: Path = DEFAULT_TOKENIZER_CORPUS,
+    dtype: torch.dtype = torch.float32,
 ) -> Path:
     """Write the demo model (weights, config, tokenizer, processor, chat template) to `out_dir`.
 
-    The same `shape` and `seed` give byte-identical weights.
+    The model is built in memory; the same `shape` and `seed` give byte-identical weights (drawn in
+    float32, then cast to `dtype`).
     """
     from transformers import Gemma4ForConditionalGeneration
 
@@ -235,6 +279,7 @@ def build_demo_model(
     torch.manual_seed(seed)
     model = Gemma4ForConditionalGeneration(config).eval()
     _roughen_norms(model, seed)
+    model.to(dtype)
     with atomic_directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
@@ -253,3 +298,114 @@ def _roughen_norms(model, seed: int) -> None:
         for name, param in model.named_parameters():
             if name.endswith("norm.weight"):
                 param.copy_(1.0 + 0.5 * torch.randn(param.shape, generator=generator))
+
+
+# -- the streamed writer: models larger than memory ----------------------------------------------
+
+_CHUNK_ELEMENTS = 32 << 20  # values generated at once (128 MB in float32)
+
+
+def write_streamed_model(
+    out_dir: str | Path,
+    config,
+    seed: int = 0,
+    dtype: torch.dtype = torch.bfloat16,
+    shape: DemoModelShape = DemoModelShape(),
+    corpus: Path = DEFAULT_TOKENIZER_CORPUS,
+    max_shard_bytes: int = 2 << 30,
+) -> Path:
+    """Write a random-weight checkpoint of `config` to `out_dir`, one tensor (or chunk) at a time.
+
+    Peak memory is a chunk of values, not the model: the model exists only on the meta device, and
+    each tensor is generated and written before the next. Every tensor draws from its own
+    generator, seeded by `seed` and its name, so the same `config`, `seed` and `dtype` give
+    byte-identical files. The distributions are transformers' initialisation (normal with the
+    config's `initializer_range` for linear and embedding weights, the embedding's padding row
+    zero, its own rules for the rest), with the norms roughened as in `build_demo_model`.
+    `shape` gives the vision tower and tokenizer sizes.
+    """
+    from transformers import GenerationConfig
+
+    from studio.streaming import ShardedWriter, checkpoint_specs, meta_model
+
+    config.dtype = dtype
+    model = meta_model(config)
+    specs = checkpoint_specs(model, dtype)
+    tokenizer = build_tokenizer(Path(corpus), config.get_text_config().vocab_size)
+    processor = build_processor(tokenizer, shape)
+    owners = _tensor_owners(model)
+    with atomic_directory(out_dir) as tmp:
+        writer = ShardedWriter(tmp, specs, max_shard_bytes)
+        for spec in specs:
+            module, attribute = owners[spec.name]
+            writer.write(spec.name, _random_tensor_chunks(model, module, attribute, spec, seed))
+        writer.close()
+        config.save_pretrained(tmp)
+        GenerationConfig.from_model_config(config).save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        layers = config.get_text_config().num_hidden_layers
+        record = {"seed": seed, "dtype": str(dtype).removeprefix("torch."), "layers": layers, "writer": "streamed"}
+        (tmp / "demo_model.json").write_text(json.dumps(record, indent=2) + "\n")
+    return Path(out_dir)
+
+
+def _tensor_owners(model) -> dict[str, tuple[torch.nn.Module, str]]:
+    owners = {}
+    for module_name, module in model.named_modules():
+        prefix = f"{module_name}." if module_name else ""
+        for attribute, _ in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            owners.setdefault(prefix + attribute, (module, attribute))
+    return owners
+
+
+def _tensor_generator(seed: int, name: str) -> torch.Generator:
+    # The CPU generator (Mersenne Twister) keeps 32 bits of its seed: hash seed and name into them.
+    digest = hashlib.blake2b(f"{seed}/{name}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+def _init_std(model) -> float:
+    """The std transformers' `_init_weights` uses for linear and embedding weights."""
+    return getattr(model.config, "initializer_range", None) or getattr(
+        model.config.get_text_config(), "initializer_range", 0.02
+    )
+
+
+def _random_tensor_chunks(model, module, attribute: str, spec, seed: int):
+    """The bytes of one freshly initialised tensor, a chunk of rows at a time."""
+    from torch import nn
+
+    from studio.streaming import tensor_bytes
+
+    generator = _tensor_generator(seed, spec.name)
+    if spec.name.endswith("norm.weight"):  # as `_roughen_norms`
+        noise = torch.randn(spec.shape, generator=generator)
+        yield tensor_bytes((1.0 + 0.5 * noise).to(spec.dtype))
+        return
+    if attribute == "weight" and isinstance(module, (nn.Linear, nn.Embedding)):
+        rows, columns = spec.shape
+        padding = module.padding_idx if isinstance(module, nn.Embedding) else None
+        step = max(1, _CHUNK_ELEMENTS // columns)
+        for start in range(0, rows, step):
+            chunk = torch.empty(min(step, rows - start), columns).normal_(0.0, _init_std(model), generator=generator)
+            if padding is not None and start <= padding < start + chunk.shape[0]:
+                chunk[padding - start] = 0
+            yield tensor_bytes(chunk.to(spec.dtype))
+        return
+    yield tensor_bytes(_small_initialised_tensor(model, module, attribute, generator).to(spec.dtype))
+
+
+def _small_initialised_tensor(model, module, attribute: str, generator: torch.Generator) -> torch.Tensor:
+    """One of `module`'s own tensors as transformers' `_init_weights` sets it (zeros where it
+    sets nothing), drawing any randomness from `generator`."""
+    module.to_empty(device="cpu", recurse=False)
+    try:
+        with torch.no_grad():
+            for value in [*module.parameters(recurse=False), *module.buffers(recurse=False)]:
+                value.zero_()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+            model._init_weights(module)
+        return getattr(module, attribute).detach().clone()
+    finally:
+        module.to_empty(device="meta", recurse=False)

@@ -233,13 +233,19 @@ def mark_pruned(model, widths: list[int]) -> None:
     The model's class becomes the matching FLAP subclass (which differs only in how it is built),
     so that `save_pretrained` writes the FLAP architecture name into config.json.
     """
-    text_config = text_config_of(model.config)
-    text_config.intermediate_sizes = [int(w) for w in widths]
-    text_config.flap_pruned = True
-    flap_class = model_class_for(model.config)
+    flap_class = mark_config_pruned(model.config, widths)
     if not isinstance(model, flap_class):
         model.__class__ = flap_class
-    model.config.architectures = [flap_class.__name__]
+
+
+def mark_config_pruned(config, widths: list[int]):
+    """Record per-layer widths and the FLAP architecture in `config`; return the FLAP class."""
+    text_config = text_config_of(config)
+    text_config.intermediate_sizes = [int(w) for w in widths]
+    text_config.flap_pruned = True
+    flap_class = model_class_for(config)
+    config.architectures = [flap_class.__name__]
+    return flap_class
 
 
 def load_text_config(path: str | Path):

@@ -65,7 +65,8 @@ def add_flap_arguments(parser) -> None:
     parser.add_argument(
         "--layerwise",
         action="store_true",
-        help="keep the model on the CPU and move one decoder layer at a time to --device",
+        help="one decoder layer at a time on --device: read from the checkpoint's shards when --model is a "
+        "local safetensors folder (the model is never whole in memory), else moved from the CPU",
     )
 
 

@@ -33,9 +33,10 @@ from studio.flap.stats import (
     LayerInputs,
     ProgressFn,
     check_calibration_batch,
+    layer_source,
     walk_layers,
 )
-from studio.modeling import decoder_layers, mark_pruned
+from studio.modeling import mark_pruned
 
 
 @dataclass
@@ -87,16 +88,21 @@ def prune_while_calibrating(
     scores: Sequence[torch.Tensor] | None = None,
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    on_pruned: Callable[[int, torch.nn.Module], None] | None = None,
 ) -> CalibratedPrune:
     """Prune every decoder layer of `model` in place to `widths`, measuring each layer as it goes.
 
     `settings` gives the metric, the compensation (and its damping) and whether the pass is
     sequential. `scores` fixes the channel scores (one-shot only: a sequential pass scores each
     layer on its pruned prefix); by default each layer is scored on what this pass measured.
-    Layers visit `device` one at a time, as `collect_statistics(layerwise=True)` does.
+    Layers visit `device` one at a time, as `collect_statistics(layerwise=True)` does. `model` may
+    also be a layer source (`studio.streaming.StreamedDecoder`): its layers are then read from disk
+    and dropped after their visit, so `on_pruned(index, layer)` is where each pruned layer is kept
+    (written out); the source's model is not marked pruned.
     """
     check_calibration_batch(input_ids, settings.batch_size)
-    layers = decoder_layers(model)
+    source = layer_source(model, device)
+    layers = range(source.num_layers)
     if len(widths) != len(layers):
         raise ValueError(f"plan: {len(widths)} widths for a model of {len(layers)} layers")
     if scores is not None and settings.sequential:
@@ -120,8 +126,11 @@ def prune_while_calibrating(
         moments.append(stats)
         measured_scores.append(layer_scores)
         results.append(LayerPruneResult(index, original, widths[index], before, after, keep))
+        if on_pruned is not None:
+            on_pruned(index, layer)
         return inputs.advance(layer) if settings.sequential else inputs.hidden
 
-    walk_layers(model, input_ids, settings.batch_size, device, visit, progress, should_stop)
-    mark_pruned(model, list(widths))
+    walk_layers(source, input_ids, settings.batch_size, device, visit, progress, should_stop)
+    if source is not model:
+        mark_pruned(model, list(widths))
     return CalibratedPrune(FlapStatistics(moments), measured_scores, results)

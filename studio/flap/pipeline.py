@@ -10,12 +10,14 @@ sequential pass prunes inside a second, layer-by-layer pass over the calibration
 
 from __future__ import annotations
 
+import copy
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig
 
 from studio.atomic import atomic_directory
 from studio.calibration import CalibrationSpec, build_calibration_ids
@@ -193,7 +195,16 @@ def prune_checkpoint(
     `plan` is a resolved `PruningPlan` or a global ratio, in which case the plan is suggested from
     the scores of a one-shot statistics pass. Returns the prune summary (also written as
     `prune_summary.json`).
+
+    With `settings.layerwise` and a local safetensors folder, the model is never loaded whole: see
+    `prune_checkpoint_streamed`.
     """
+    from studio.streaming import Checkpoint
+
+    if settings.layerwise and Checkpoint.is_checkpoint(model_dir):
+        return prune_checkpoint_streamed(
+            model_dir, plan, calibration, out_dir, settings, device, dtype, progress, should_stop
+        )
     processor = load_tokenizer(model_dir)
     ids = build_calibration_ids(text_tokenizer(processor), calibration)
     model = load_model(model_dir, dtype=dtype, device=None if settings.layerwise else device)
@@ -221,3 +232,89 @@ def prune_checkpoint(
         save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def prune_checkpoint_streamed(
+    model_dir: str | Path,
+    plan: PruningPlan | float,
+    calibration: CalibrationSpec,
+    out_dir: str | Path,
+    settings: FlapSettings = FlapSettings(),
+    device: str | None = None,
+    dtype: torch.dtype | str = "auto",
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """`prune_checkpoint` out of core: the same result, bit for bit, holding one decoder layer.
+
+    Layers are read from the checkpoint's shards one at a time (the embeddings only at the
+    calibration tokens) for the statistics pass; scores need each layer's down_proj alone. The
+    pruned checkpoint is written as it is made: every tensor outside the decoder layers is copied
+    through in chunks first, then each layer is read, pruned and written before the next (in the
+    refit or sequential pass, as that pass prunes it).
+    """
+    from studio.flap.layerwise import prune_while_calibrating
+    from studio.flap.prune import prune_layer
+    from studio.flap.scores import channel_scores
+    from studio.flap.stats import collect_statistics_layerwise
+    from studio.modeling import mark_config_pruned
+    from studio.streaming import LayerByLayerWriter, StreamedDecoder, meta_model, set_loaded_dtype
+
+    processor = load_tokenizer(model_dir)
+    ids = build_calibration_ids(text_tokenizer(processor), calibration)
+    source = StreamedDecoder(model_dir, dtype, device)
+    stats = scores = None
+    # As in `prune_checkpoint`: a refit or sequential prune with known widths needs no separate pass.
+    if not isinstance(plan, PruningPlan) or not settings.calibrates_while_pruning:
+        stats = collect_statistics_layerwise(source, ids, settings.batch_size, progress, should_stop)
+        scores = [
+            channel_scores(settings.metric, m.mean, m.variance, source.tensor(f"layers.{i}.mlp.down_proj.weight"))
+            for i, m in enumerate(stats.layers)
+        ]
+    if not isinstance(plan, PruningPlan):
+        plan = suggested_plan(scores, source.text_config, float(plan), settings.max_ratio)
+    plan.validate()
+    pruned_config = copy.deepcopy(source.config)
+    mark_config_pruned(pruned_config, plan.widths)
+    set_loaded_dtype(pruned_config, source.dtype)
+    pruned_model = meta_model(pruned_config)
+    with atomic_directory(out_dir) as staging:
+        writer = LayerByLayerWriter(staging, source.checkpoint, pruned_model, source.dtype)
+        if settings.calibrates_while_pruning:
+            fixed = None if settings.sequential else scores
+            calibrated = prune_while_calibrating(
+                source, ids, plan.widths, settings, None, fixed, progress, should_stop, on_pruned=writer.write_layer
+            )
+            results = calibrated.results
+            if fixed is None:
+                stats, scores = calibrated.statistics, calibrated.scores
+        else:
+            results = []
+            for index, width in enumerate(plan.widths):
+                layer = source.load(index, torch.device("cpu"))
+                original = layer.mlp.down_proj.in_features
+                keep, before, after = prune_layer(
+                    layer, scores[index], stats.layers[index].mean, width, settings.compensation
+                )
+                results.append(LayerPruneResult(index, original, width, before, after, keep))
+                writer.write_layer(index, layer)
+        writer.close()
+        summary = prune_summary(results, _param_count(source.model), _param_count(pruned_model), plan)
+        summary.update(describe_settings(settings))
+        summary["calibration"] = calibration.to_dict()
+        pruned_config.save_pretrained(staging)
+        _copy_generation_config(model_dir, staging)
+        processor.save_pretrained(staging)
+        save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _copy_generation_config(model_dir: str | Path, staging: Path) -> None:
+    """The source's generation config, as `save_pretrained` of the loaded model writes it."""
+    from transformers import GenerationConfig
+
+    try:
+        GenerationConfig.from_pretrained(model_dir).save_pretrained(staging)
+    except OSError:  # none saved: the loaded model would derive it from its config
+        GenerationConfig.from_model_config(AutoConfig.from_pretrained(model_dir)).save_pretrained(staging)

@@ -11,13 +11,14 @@ Two ways to run the decoder over the calibration data:
 - layerwise: the decoder stack one layer at a time on cached layer inputs, as GPTQ does, so only
   one decoder layer need be on the accelerator at once.
 Both give the same statistics. The layer-by-layer walk (`walk_layers`) takes a per-layer visit, so
-the passes that prune while they calibrate (`studio.flap.layerwise`) reuse it.
+the passes that prune while they calibrate (`studio.flap.layerwise`) reuse it, and a layer source,
+so the layers may come from a model in memory (`ModelLayers`) or be read from the checkpoint's
+shards one at a time (`studio.streaming.StreamedDecoder`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,16 @@ from torch import nn
 from studio.modeling import decoder_layers
 from studio.progress import Cancelled, ProgressFn, check_stop
 
-__all__ = ["Cancelled", "ChannelMoments", "FlapStatistics", "ProgressFn", "collect_statistics"]
+__all__ = [
+    "Cancelled",
+    "ChannelMoments",
+    "FlapStatistics",
+    "ModelLayers",
+    "ProgressFn",
+    "collect_statistics",
+    "collect_statistics_layerwise",
+    "walk_layers",
+]
 
 
 @dataclass
@@ -102,14 +112,11 @@ def language_model_of(model) -> nn.Module:
     return getattr(inner, "language_model", inner)
 
 
-def _down_proj_recorders(layers: nn.ModuleList, moments: list[ChannelMoments]):
-    def make_hook(index: int):
-        def hook(_module, inputs):
-            moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
+def _down_proj_recorder(layer, moments: list[ChannelMoments], index: int):
+    def hook(_module, inputs):
+        moments[index] = moments[index].merge(ChannelMoments.of(inputs[0].detach()))
 
-        return hook
-
-    return [layer.mlp.down_proj.register_forward_pre_hook(make_hook(i)) for i, layer in enumerate(layers)]
+    return layer.mlp.down_proj.register_forward_pre_hook(hook)
 
 
 def _batches(input_ids: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
@@ -139,18 +146,41 @@ def collect_statistics(
     `layerwise=True` keeps the model where it is (e.g. on the CPU) and moves one decoder layer at a
     time to `device`. Otherwise the model must already be on `device`.
     """
+    if layerwise:
+        return collect_statistics_layerwise(ModelLayers(model, device), input_ids, batch_size, progress, should_stop)
     check_calibration_batch(input_ids, batch_size)
     layers = decoder_layers(model)
     moments = [ChannelMoments.empty(layer.mlp.down_proj.in_features) for layer in layers]
-    handles = _down_proj_recorders(layers, moments)
+    handles = [_down_proj_recorder(layer, moments, i) for i, layer in enumerate(layers)]
     try:
-        if layerwise:
-            walk_layers(model, input_ids, batch_size, device, forward_layer, progress, should_stop)
-        else:
-            _run_batched(model, input_ids, batch_size, progress, should_stop)
+        _run_batched(model, input_ids, batch_size, progress, should_stop)
     finally:
         for handle in handles:
             handle.remove()
+    return FlapStatistics(moments)
+
+
+@torch.no_grad()
+def collect_statistics_layerwise(
+    source,
+    input_ids: torch.Tensor,
+    batch_size: int = 1,
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> FlapStatistics:
+    """`collect_statistics` one decoder layer at a time, the layers coming from `source` (a
+    `ModelLayers`, or a `StreamedDecoder` reading them from disk)."""
+    check_calibration_batch(input_ids, batch_size)
+    moments = [ChannelMoments.empty(width) for width in source.widths]
+
+    def visit(index: int, layer: nn.Module, inputs: LayerInputs) -> list[torch.Tensor]:
+        handle = _down_proj_recorder(layer, moments, index)
+        try:
+            return inputs.advance(layer)
+        finally:
+            handle.remove()
+
+    walk_layers(source, input_ids, batch_size, None, visit, progress, should_stop)
     return FlapStatistics(moments)
 
 
@@ -233,6 +263,44 @@ def forward_layer(_index: int, layer: nn.Module, inputs: LayerInputs) -> list[to
     return inputs.advance(layer)
 
 
+class ModelLayers:
+    """The layer source of a model in memory: each decoder layer moved to `device` for its visit.
+
+    A layer source gives the layer walk a batch's per-layer call arguments (`layer_calls`), a
+    layer ready to run on `device` (`load`), and takes it back, pruned or not (`release`);
+    `studio.streaming.StreamedDecoder` is the one that reads layers from disk instead.
+    """
+
+    def __init__(self, model, device: str | torch.device | None = None):
+        self.decoder = language_model_of(model)
+        self.home = next(self.decoder.layers[0].parameters()).device
+        self.device = torch.device(device) if device is not None else self.home
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder.layers)
+
+    @property
+    def widths(self) -> list[int]:
+        return [layer.mlp.down_proj.in_features for layer in self.decoder.layers]
+
+    def layer_calls(self, batch: torch.Tensor) -> list:
+        return _record_layer_calls(self.decoder, batch.to(next(self.decoder.embed_tokens.parameters()).device))
+
+    def load(self, index: int) -> nn.Module:
+        return self.decoder.layers[index].to(self.device)
+
+    def release(self, index: int, layer: nn.Module) -> None:
+        layer.to(self.home)
+
+
+def layer_source(model_or_source, device=None):
+    """`model_or_source` if it is a layer source already, else the model's `ModelLayers`."""
+    if hasattr(model_or_source, "layer_calls"):
+        return model_or_source
+    return ModelLayers(model_or_source, device)
+
+
 def walk_layers(
     model,
     input_ids: torch.Tensor,
@@ -244,36 +312,27 @@ def walk_layers(
 ) -> None:
     """Run the decoder stack one layer at a time over cached layer inputs, calling `visit` per layer.
 
-    Each layer visits `device` (where it already is, when the whole model is on the device) for its
-    visit only. What `visit` returns becomes the next layer's input, so a visit that prunes its
-    layer and returns the pruned layer's outputs calibrates the rest of the stack on the pruned
-    prefix.
+    `model` is a model (its layers visit `device`, where they already are when the whole model is
+    on the device) or a layer source (which knows its device; `device` is then ignored). Each
+    layer is on the device for its visit only. What `visit` returns becomes the next layer's
+    input, so a visit that prunes its layer and returns the pruned layer's outputs calibrates the
+    rest of the stack on the pruned prefix.
     """
-    decoder = language_model_of(model)
-    home = next(decoder.layers[0].parameters()).device
-    device = torch.device(device) if device is not None else home
-    embedding_device = next(decoder.embed_tokens.parameters()).device
+    source = layer_source(model, device)
     # One recorded call per batch and layer; layer 0's hidden states are the embeddings.
-    per_batch = [_record_layer_calls(decoder, b.to(embedding_device)) for b in _batches(input_ids, batch_size)]
+    per_batch = [source.layer_calls(b) for b in _batches(input_ids, batch_size)]
+    device = source.device
     hidden = [_to(calls[0][0], device) for calls in per_batch]
-    layers = decoder.layers
-    for index, layer in enumerate(layers):
+    for index in range(source.num_layers):
         check_stop(should_stop)
         layer_calls = [(recorded[index][1], recorded[index][2]) for recorded in per_batch]
-        with _on_device(layer, device, home):
+        layer = source.load(index)
+        try:
             hidden = visit(index, layer, LayerInputs(hidden, layer_calls, device))
+        finally:
+            source.release(index, layer)
         if progress:
-            progress(index + 1, len(layers), "layers")
-
-
-@contextmanager
-def _on_device(layer: nn.Module, device: torch.device, home: torch.device) -> Iterator[nn.Module]:
-    """Hold `layer` on `device` for the duration, then send it (pruned or not) back `home`."""
-    layer.to(device)
-    try:
-        yield layer
-    finally:
-        layer.to(home)
+            progress(index + 1, source.num_layers, "layers")
 
 
 def _to(value, device):
