@@ -15,7 +15,6 @@ from safetensors.torch import load_file
 from studio.calibration import CalibrationSpec
 from studio.demo_model import (
     DemoModelShape,
-    build_demo_model,
     config_from_text_config,
     demo_config,
     write_streamed_model,
