@@ -177,3 +177,14 @@ def test_streamed_prune_equals_in_memory_prune_bit_for_bit(demo_model_dir, tmp_p
     assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
     for name in [*SIDE_FILES, SUMMARY_FILE]:
         assert filecmp.cmp(tmp_path / "mem" / name, tmp_path / "str" / name, shallow=False), name
+
+
+def test_demo_model_command_rejects_shape_flags_with_a_config(tmp_path, capsys):
+    from studio.cli import main
+
+    out = tmp_path / "e4b"
+    assert main(["demo-model", "--config", str(E4B_CONFIG), "--hidden-size", "64", "--out", str(out)]) == 2
+    assert "--hidden-size: not with --config" in capsys.readouterr().err
+    assert main(["demo-model", "--config", str(E4B_CONFIG), "--layers", "1", "--out", str(out)]) == 2
+    assert "layers: must be between 2 and 42, got 1" in capsys.readouterr().err
+    assert not out.exists()
