@@ -17,6 +17,8 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from studio.flap.stats import DecoderLayerSource, language_model_of
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 
@@ -319,7 +321,7 @@ def resolve_dtype(config, checkpoint: Checkpoint, dtype: torch.dtype | str) -> t
     return stored
 
 
-class StreamedDecoder:
+class StreamedDecoder(DecoderLayerSource):
     """A Gemma 4 checkpoint's decoder stack, its layers read from disk one at a time.
 
     The model is built on the meta device; only the parts the embedding stage needs (the
@@ -340,18 +342,9 @@ class StreamedDecoder:
         self.dtype = resolve_dtype(self.config, self.checkpoint, dtype)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model = meta_model(self.config).eval()
-        inner = self.model.model
-        self.decoder = getattr(inner, "language_model", inner)
+        self.decoder = language_model_of(self.model)
         self.prefix = decoder_prefix(self.model)
         self._load_embedding_stage()
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.decoder.layers)
-
-    @property
-    def widths(self) -> list[int]:
-        return [layer.mlp.down_proj.in_features for layer in self.decoder.layers]
 
     def _load_embedding_stage(self) -> None:
         decoder = self.decoder

@@ -263,7 +263,21 @@ def forward_layer(_index: int, layer: nn.Module, inputs: LayerInputs) -> list[to
     return inputs.advance(layer)
 
 
-class ModelLayers:
+class DecoderLayerSource:
+    """What every layer source derives from its decoder stack (`self.decoder`)."""
+
+    decoder: nn.Module
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.decoder.layers)
+
+    @property
+    def widths(self) -> list[int]:
+        return [layer.mlp.down_proj.in_features for layer in self.decoder.layers]
+
+
+class ModelLayers(DecoderLayerSource):
     """The layer source of a model in memory: each decoder layer moved to `device` for its visit.
 
     A layer source gives the layer walk a batch's per-layer call arguments (`layer_calls`), a
@@ -275,14 +289,6 @@ class ModelLayers:
         self.decoder = language_model_of(model)
         self.home = next(self.decoder.layers[0].parameters()).device
         self.device = torch.device(device) if device is not None else self.home
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.decoder.layers)
-
-    @property
-    def widths(self) -> list[int]:
-        return [layer.mlp.down_proj.in_features for layer in self.decoder.layers]
 
     def layer_calls(self, batch: torch.Tensor) -> list:
         return _record_layer_calls(self.decoder, batch.to(next(self.decoder.embed_tokens.parameters()).device))
