@@ -34,7 +34,7 @@ from transformers import AutoTokenizer
 from studio.calibration import CalibrationSpec
 from studio.flap.pipeline import calibration_ids
 from studio.modeling import load_model
-from studio.quantize import QuantizeSettings, _calibration_rows, _gptq_definition
+from studio.gptq.quantize import QuantizeSettings, _calibration_rows, _gptq_definition
 pruned, out, samples, seqlen = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 spec = CalibrationSpec(source=sys.argv[5], samples=samples, seqlen=seqlen)
 settings = QuantizeSettings(dtype="float32", calibration=spec)

@@ -52,7 +52,7 @@ from studio.eval.baselines import (  # noqa: E402
 from studio.flap import collect_statistics, model_scores, prune_model  # noqa: E402
 from studio.flap.pipeline import suggested_plan  # noqa: E402
 from studio.modeling import load_model, text_config_of  # noqa: E402
-from studio.plan import uniform_plan  # noqa: E402
+from studio.plans.plan import uniform_plan  # noqa: E402
 
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 GPTQ_STAGE = "GPTQ W4 (GPTQModel)"
@@ -234,7 +234,7 @@ def run(args) -> Results:
 
 
 def quantize_all(args, results, dense, pruned, calib_ids, spec, tokenizer, ppl) -> None:
-    from studio.quantize import QuantizeSettings, load_quantized, quantize_checkpoint
+    from studio.gptq.quantize import QuantizeSettings, load_quantized, quantize_checkpoint
 
     costs = results.costs
     # The card's settings (W4, sym, desc_act, damp 0.01) at the chosen group size.
@@ -376,7 +376,7 @@ def render(results: Results, args, command: str) -> str:
             "",
             f"## INT4 after {ratios[0]:.0%} pruning (uniform plan), W4 g{args.group_size} symmetric",
             "",
-            "GPTQ: GPTQModel through `studio.quantize.quantize_checkpoint` (desc_act, damp 0.01, the card's settings), "
+            "GPTQ: GPTQModel through `studio.gptq.quantize.quantize_checkpoint` (desc_act, damp 0.01, the card's settings), "
             "read back and dequantized into float32. RTN: the same grid, nearest level. Both quantize o_proj, "
             "gate/up/down of every layer, as the card does.",
             "",

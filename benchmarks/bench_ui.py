@@ -123,7 +123,7 @@ def synthetic_payloads() -> dict[str, int]:
 
     from studio.model_summary import estimate_sizes, kv_roles, parameter_shapes
     from studio.modeling import load_text_config, original_widths
-    from studio.plan import find_preset, load_plan
+    from studio.plans.plan import find_preset, load_plan
     from studio.plots import (
         figure_payload_bytes,
         gptq_loss_figure,
@@ -132,7 +132,7 @@ def synthetic_payloads() -> dict[str, int]:
         size_breakdown_figure,
         widths_figure,
     )
-    from studio.quantize import ModuleQuantRecord
+    from studio.gptq.quantize import ModuleQuantRecord
     from studio.ui.context import REFERENCE_CONFIG
 
     config = load_text_config(REFERENCE_CONFIG)

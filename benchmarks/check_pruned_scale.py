@@ -87,7 +87,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from studio.modeling import load_text_config
-    from studio.plan import find_preset, load_plan
+    from studio.plans.plan import find_preset, load_plan
 
     tokenizer = text_tokenizer(load_tokenizer(args.pruned))
     ids = torch.tensor([tokenizer(PROMPT)["input_ids"]])

@@ -36,7 +36,7 @@ from studio.flap import stats as flap_stats  # noqa: E402
 from studio.flap.prune import prune_model  # noqa: E402
 from studio.flap.scores import model_scores  # noqa: E402
 from studio.modeling import load_text_config  # noqa: E402
-from studio.plan import find_preset, load_plan  # noqa: E402
+from studio.plans.plan import find_preset, load_plan  # noqa: E402
 
 E4B_CONFIG = ROOT / "data" / "gemma-4-e4b-text-config.json"
 CARD_PRESET = "gemma4-lite-round2"

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from studio.modeling import original_widths
-from studio.quantize_rules import QUANTIZED_MODULES
+from studio.gptq.rules import QUANTIZED_MODULES
 
 # The model card's published figures for google/gemma-4-E4B-it and its compressed version.
 CARD_FIGURES = {

@@ -398,7 +398,7 @@ def _mean_log_loss(records: Sequence[dict]) -> tuple[list[int], list[float]]:
 def compare_jobs_figure(a: dict, b: dict) -> go.Figure:
     """Two jobs side by side: kept widths, checkpoint sizes, quality and GPTQ loss.
 
-    `a` and `b` are job summaries as `studio.job_results.analysis_summary` returns them (keys
+    `a` and `b` are job summaries as `studio.jobs.results.analysis_summary` returns them (keys
     output, original, widths, sizes, measured_bytes, perplexity, gptq; any may be None).
     Panels whose data neither job has say so instead of staying blank.
     """

@@ -16,7 +16,7 @@ GPTQ v1 storage of one linear module with K input and N output features, `bits` 
     qzeros   int32    [ceil(K / g), N * b / 32]
     scales   float16  [ceil(K / g), N]
     g_idx    int32    [K]
-    bias     model dtype [N]   (kept at the model's precision by studio.quantize)
+    bias     model dtype [N]   (kept at the model's precision by studio.gptq.quantize)
 
 Parameters count what the model computes with: a quantized module counts its K * N weights (not the
 packed int32 elements); scales, zeros and g_idx are storage, counted in bytes only. So pruning changes
@@ -345,10 +345,10 @@ def gptq_tensor_infos(module: str, in_features: int, out_features: int, bits: in
 def quantized_tensor_infos(infos: list[TensorInfo], quantize) -> list[TensorInfo]:
     """`infos` with every module the GPTQ settings quantize stored as GPTQ v1 tensors.
 
-    `quantize` is a `studio.quantize.QuantizeSettings` (or anything with bits, group_size and
-    dynamic); modules are chosen by `studio.quantize_rules.is_quantized`, as GPTQModel chooses them.
+    `quantize` is a `studio.gptq.quantize.QuantizeSettings` (or anything with bits, group_size and
+    dynamic); modules are chosen by `studio.gptq.rules.is_quantized`, as GPTQModel chooses them.
     """
-    from studio.quantize_rules import is_quantized
+    from studio.gptq.rules import is_quantized
 
     result = []
     for info in infos:

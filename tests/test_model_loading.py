@@ -75,7 +75,7 @@ def test_concurrent_loads_of_the_demo_model_equal_a_serial_load(demo_model_dir):
 
 @pytest.fixture(scope="module")
 def int4_export(demo_model_dir, tmp_path_factory):
-    from studio.quantize import quantize_checkpoint
+    from studio.gptq.quantize import quantize_checkpoint
 
     ids = torch.randint(16, 2000, (8, 64), generator=torch.Generator().manual_seed(0))
     out = tmp_path_factory.mktemp("int4") / "demo-int4"
@@ -86,7 +86,7 @@ def int4_export(demo_model_dir, tmp_path_factory):
 def test_concurrent_int4_loads_equal_a_serial_load(int4_export, demo_model_dir):
     """Three INT4 loads at once, with a float load of the base model beside them (the chat's usual
     pair: base model in one pane, its INT4 export in the other)."""
-    from studio.quantize import load_quantized
+    from studio.gptq.quantize import load_quantized
 
     serial = load_quantized(int4_export)
     reference = logits_of(serial)

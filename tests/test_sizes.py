@@ -11,8 +11,8 @@ import pytest
 from studio.cli import main
 from studio.export.shards import parse_size
 from studio.modeling import load_text_config
-from studio.plan import find_preset, load_plan
-from studio.quantize import QuantizeSettings
+from studio.plans.plan import find_preset, load_plan
+from studio.gptq.quantize import QuantizeSettings
 from studio.sizes import (
     ComponentSize,
     SizeReport,

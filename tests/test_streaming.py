@@ -22,7 +22,7 @@ from studio.demo_model import (
 from studio.flap.pipeline import STATS_FILE, SUMMARY_FILE, FlapSettings, prune_checkpoint
 from studio.flap.stats import ModelLayers, collect_statistics, collect_statistics_layerwise
 from studio.modeling import load_model, load_text_config
-from studio.plan import find_preset, load_plan
+from studio.plans.plan import find_preset, load_plan
 from studio.streaming import Checkpoint, ShardedWriter, StreamedDecoder, TensorSpec
 from tests.conftest import CALIBRATION_TEXT, E4B_CONFIG
 

@@ -28,8 +28,8 @@ import yaml
 from studio.calibration import CalibrationSpec
 from studio.flap.pipeline import STATS_FILE, prune_checkpoint
 from studio.modeling import decoder_layers, load_model
-from studio.plan import PruningPlan
-from studio.vllm_plugin_files import (
+from studio.plans.plan import PruningPlan
+from studio.export.plugin_files import (
     CONFIG_FILE,
     ENTRY_POINT_GROUP,
     PLUGIN_PACKAGE,

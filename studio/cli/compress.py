@@ -87,7 +87,7 @@ def run(args) -> int:
         summary = prune_checkpoint(args.model, plan, spec, pruned, flap, device=args.device, progress=_progress("statistics"))
         final = pruned
         if gptq_settings is not None:
-            from studio.quantize import quantize_checkpoint
+            from studio.gptq.quantize import quantize_checkpoint
 
             _stage(2, stages, "GPTQ quantization")
             final = work / "quantized"

@@ -62,8 +62,8 @@ def _towers_from_base_bytes(base_bytes: float, text_bytes: int, dtype_bytes: int
 def estimates(args):
     """(config, plan, base estimate, compressed estimate) for the parsed arguments."""
     from studio.modeling import layer_widths, text_config_of
-    from studio.plan import check_tensor_parallel, find_preset, load_plan
-    from studio.quantize import QuantizeSettings
+    from studio.plans.plan import check_tensor_parallel, find_preset, load_plan
+    from studio.gptq.quantize import QuantizeSettings
     from studio.sizes import config_from_file, estimate
 
     config = config_from_file(args.config)

@@ -113,7 +113,7 @@ def add_parser(subparsers) -> None:
 def resolve_plan_argument(args, model: str):
     """A `PruningPlan` from --plan, or the float from --ratio."""
     from studio.modeling import load_text_config
-    from studio.plan import find_preset, load_plan
+    from studio.plans.plan import find_preset, load_plan
 
     if args.ratio is not None:
         if not 0 <= args.ratio < 1:

@@ -47,7 +47,7 @@ TOKEN_ON_COMMAND_LINE = (
 
 
 def run(args) -> int:
-    from studio.hub import PushFailed, push_export, read_token_file
+    from studio.export.hub import PushFailed, push_export, read_token_file
 
     token = args.token
     if token is not None:

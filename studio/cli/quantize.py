@@ -44,7 +44,7 @@ def add_gptq_arguments(parser) -> None:
 
 def quantize_settings(args, calibration):
     """`QuantizeSettings` from the options of `add_gptq_arguments` and `--dtype`."""
-    from studio.quantize import QuantizeSettings
+    from studio.gptq.quantize import QuantizeSettings
 
     return QuantizeSettings(
         bits=args.bits,
@@ -65,7 +65,7 @@ def run(args) -> int:
     from transformers import AutoTokenizer
 
     from studio.calibration import build_calibration_ids
-    from studio.quantize import quantize_checkpoint
+    from studio.gptq.quantize import quantize_checkpoint
 
     if not (args.model / "config.json").is_file():
         raise FileNotFoundError(f"--model: no config.json in {args.model}")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from studio.modeling import decoder_layers
-from studio.quantize_rules import QUANTIZED_MODULES
+from studio.gptq.rules import QUANTIZED_MODULES
 
 
 def magnitude_scores(model) -> list[torch.Tensor]:
@@ -78,7 +78,7 @@ def rtn_quantize_model_(model, bits: int = 4, group_size: int = 128, modules=QUA
 @torch.no_grad()
 def load_gptq_weights_(model, quantized_model, modules=QUANTIZED_MODULES) -> int:
     """Copy the dequantized GPTQ weights of `quantized_model` (loaded by
-    `studio.quantize.load_quantized`) into the float `model` of the same architecture.
+    `studio.gptq.quantize.load_quantized`) into the float `model` of the same architecture.
 
     The result computes in the float model's dtype with exactly GPTQ's weights, so GPTQ and RTN
     are compared at the same precision. Returns the number of modules copied.

@@ -18,14 +18,14 @@ def is_gptq_checkpoint(path: str | Path) -> bool:
 
 
 def load_eval_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """The model in `path`, in eval mode: GPTQ exports through `studio.quantize.load_quantized`
+    """The model in `path`, in eval mode: GPTQ exports through `studio.gptq.quantize.load_quantized`
     (GPTQModel's kernels, bfloat16 unless float16 is asked for), the rest through
     `studio.modeling.load_model` (stock and FLAP-pruned checkpoints)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model: no config.json in {path}")
     if is_gptq_checkpoint(path):
-        from studio.quantize import load_quantized
+        from studio.gptq.quantize import load_quantized
 
         dtype = dtype if dtype in _GPTQ_DTYPES else torch.bfloat16
         return load_quantized(path, device=device or "cpu", dtype=dtype)

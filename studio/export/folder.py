@@ -1,7 +1,7 @@
 """The vLLM-ready export folder: weights in shards, configs, tokenizer, plugin and model card.
 
 `export_checkpoint(checkpoint, out)` turns a checkpoint written by the studio (a GPTQ checkpoint from
-`studio.quantize`, or a FLAP-pruned one from `studio.flap`) into the folder the reference card
+`studio.gptq.quantize`, or a FLAP-pruned one from `studio.flap`) into the folder the reference card
 describes:
 
     config.json                  (quantization_config with `dynamic`; text_config.intermediate_sizes
@@ -109,7 +109,7 @@ def _sizes_before(folder: Path, base_model: str | Path | None, dtype: str) -> tu
 def _read_quant_log(folder: Path) -> list:
     if not (folder / QUANT_LOG_FILE).is_file():
         return []
-    from studio.quantize import read_quant_log
+    from studio.gptq.quantize import read_quant_log
 
     return read_quant_log(folder / QUANT_LOG_FILE)
 
@@ -173,7 +173,7 @@ def export_checkpoint(
     "before" sizes; `evaluation` maps a model name to a perplexity result (ppl, nll, tokens, seqlen,
     stride) shown in the card.
     """
-    from studio.vllm_plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
+    from studio.export.plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
 
     checkpoint = Path(checkpoint)
     if not (checkpoint / "config.json").is_file():

@@ -76,7 +76,7 @@ class CardData:
     sizes_after: SizeReport
     before_source: str  # how the "before" sizes were obtained
     quantize_config: Mapping | None = None
-    quant_log: list = field(default_factory=list)  # studio.quantize.ModuleQuantRecord rows
+    quant_log: list = field(default_factory=list)  # studio.gptq.quantize.ModuleQuantRecord rows
     prune_summary: Mapping | None = None
     evaluation: Mapping[str, Mapping] | None = None
     files: list[str] = field(default_factory=list)
@@ -323,7 +323,7 @@ def _usage_section(data: CardData) -> list[str]:
             "",
         ]
     loader = (
-        "from studio.quantize import load_quantized\nmodel = load_quantized(\"/path/to/this/folder\", device=\"cpu\")"
+        "from studio.gptq.quantize import load_quantized\nmodel = load_quantized(\"/path/to/this/folder\", device=\"cpu\")"
         if data.quantized
         else "from studio.modeling import load_model\nmodel = load_model(\"/path/to/this/folder\", dtype=\"bfloat16\")"
     )

@@ -28,7 +28,7 @@ from studio.flap.settings import FlapSettings
 from studio.flap.stats import ChannelMoments, FlapStatistics, ProgressFn, collect_statistics
 from studio.flap.suggest import suggest_widths
 from studio.modeling import load_model, text_config_of
-from studio.plan import PruningPlan
+from studio.plans.plan import PruningPlan
 
 STATS_FILE = "flap_stats.safetensors"
 SUMMARY_FILE = "prune_summary.json"

@@ -295,7 +295,7 @@ def _plan(value, base: Path, model: str) -> dict:
 
 
 def _preset_plan(value: str, base: Path) -> dict:
-    from studio.plan import find_preset, read_preset
+    from studio.plans.plan import find_preset, read_preset
 
     candidate = _local_path(value, base)
     saved = presets_dir() / f"{value}.yaml"  # presets saved by users win over built-in ones
@@ -317,7 +317,7 @@ def _check_plan_against_model(preset: dict, model: str) -> None:
     if not Path(model).is_dir():
         return  # a hub model: checked when the job runs, without network access at submit
     from studio.modeling import load_text_config
-    from studio.plan import resolve_plan
+    from studio.plans.plan import resolve_plan
 
     text_config = load_text_config(model)
     try:

@@ -1,7 +1,7 @@
 """The stage runner: a job's stages in order, each output persisted with a fingerprint.
 
 Stages: calibrate -> statistics -> prune -> quantize -> export -> evaluate. Each one is a small
-adapter that calls the module doing the work (`studio.calibration`, `studio.flap`, `studio.quantize`,
+adapter that calls the module doing the work (`studio.calibration`, `studio.flap`, `studio.gptq.quantize`,
 `studio.export`, `studio.eval`) and writes its result into `<job>/stages/<name>/` through an atomic
 folder rename, together with `fingerprint.json`.
 
@@ -135,7 +135,7 @@ def statistics(ctx: StageContext, out: Path) -> None:
 
 def resolved_plan(spec: JobSpec, text_config, scores):
     """The `PruningPlan`: FLAP's global search for a ratio, else the per-layer table."""
-    from studio.plan import resolve_plan
+    from studio.plans.plan import resolve_plan
 
     if "ratio" in spec.plan:
         return flap_pipeline().suggested_plan(scores, text_config, spec.plan["ratio"], spec.flap.max_ratio)
@@ -180,8 +180,8 @@ def prune(ctx: StageContext, out: Path) -> None:
 
 
 def quantize(ctx: StageContext, out: Path) -> None:
-    """GPTQ of the pruned checkpoint on the job's calibration ids (GPTQModel, via studio.quantize)."""
-    quantize_module = require("studio.quantize")
+    """GPTQ of the pruned checkpoint on the job's calibration ids (GPTQModel, via studio.gptq.quantize)."""
+    quantize_module = require("studio.gptq.quantize")
     settings = {
         **asdict(ctx.spec.quantize),
         "dtype": ctx.spec.dtype,
@@ -235,7 +235,7 @@ def _load_for_evaluation(ctx: StageContext, checkpoint: str | Path):
     if (Path(checkpoint) / "quantize_config.json").is_file():
         # GPTQ kernels compute in 16-bit; a float32 job evaluates its INT4 model in bfloat16.
         dtype = ctx.spec.dtype if ctx.spec.dtype != "float32" else "bfloat16"
-        return require("studio.quantize").load_quantized(checkpoint, device=ctx.device, dtype=dtype)
+        return require("studio.gptq.quantize").load_quantized(checkpoint, device=ctx.device, dtype=dtype)
     return load_model(checkpoint, dtype=torch_dtype(ctx.spec.dtype), device=ctx.device)
 
 
@@ -297,25 +297,25 @@ STAGES: tuple[Stage, ...] = (
             "refit_damp": s.flap.refit_damp,
             "sequential": s.flap.sequential,
         },
-        ("studio.flap", "studio.plan", "studio.modeling"),
+        ("studio.flap", "studio.plans.plan", "studio.modeling"),
         prune,
     ),
     Stage(
         "quantize",
         lambda s: {"gptq": asdict(s.quantize), "dtype": s.dtype} if s.quantize is not None else None,
-        ("studio.quantize", "studio.quantize_rules", "studio.modeling"),
+        ("studio.gptq.quantize", "studio.gptq.rules", "studio.modeling"),
         quantize,
     ),
     Stage(
         "export",
         lambda s: {"output": s.output, "dtype": s.dtype} if s.export else None,
-        ("studio.export", "studio.vllm_plugin_files", "studio.vllm_plugin", "studio.sizes"),
+        ("studio.export", "studio.export.plugin_files", "studio.vllm_plugin", "studio.sizes"),
         export,
     ),
     Stage(
         "evaluate",
         lambda s: {"evaluate": asdict(s.evaluate), "dtype": s.dtype} if s.evaluate is not None else None,
-        ("studio.eval", "studio.quantize", "studio.modeling"),
+        ("studio.eval", "studio.gptq.quantize", "studio.modeling"),
         evaluate,
     ),
 )

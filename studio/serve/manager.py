@@ -219,7 +219,7 @@ def plugin_distributions(folder: Path) -> list:
     """The distributions in `folder` (its *.egg-info / *.dist-info) declaring a vLLM plugin."""
     from importlib.metadata import distributions
 
-    from studio.vllm_plugin_files import ENTRY_POINT_GROUP
+    from studio.export.plugin_files import ENTRY_POINT_GROUP
 
     return [d for d in distributions(path=[str(folder)]) if d.entry_points.select(group=ENTRY_POINT_GROUP)]
 
@@ -232,7 +232,7 @@ def missing_package(folder: Path, distribution) -> str | None:
 
 def plugin_problem(folder: Path) -> str | None:
     """Why a vLLM plugin in `folder` would not load (None when it would, or when there is none)."""
-    from studio.vllm_plugin_files import PLUGIN_PACKAGE
+    from studio.export.plugin_files import PLUGIN_PACKAGE
 
     found = plugin_distributions(folder)
     for dist in found:
@@ -248,7 +248,7 @@ def plugin_problem(folder: Path) -> str | None:
 
 def loadable_plugins(folders: Sequence[Path]) -> list[str]:
     """Entry point names of the vLLM plugins in `folders` whose packages are there too."""
-    from studio.vllm_plugin_files import ENTRY_POINT_GROUP
+    from studio.export.plugin_files import ENTRY_POINT_GROUP
 
     return [
         entry_point.name
@@ -283,9 +283,9 @@ def check_servable(
     A FLAP-pruned folder needs one FFN width per layer in its config, a known Gemma 4 architecture
     and a vLLM plugin that loads from that path; no folder may hold FLAP statistics that vLLM
     would load as weights. With tensor parallelism t every FFN width must be a multiple of
-    128 * t (`studio.plan.check_tensor_parallel`).
+    128 * t (`studio.plans.plan.check_tensor_parallel`).
     """
-    from studio.vllm_plugin_files import flap_architectures, stock_architectures
+    from studio.export.plugin_files import flap_architectures, stock_architectures
 
     model_dir = Path(model_dir)
     if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
@@ -328,7 +328,7 @@ def check_servable(
         )
     if tensor_parallel_size > 1:
         from studio.modeling import layer_widths, load_text_config
-        from studio.plan import check_tensor_parallel
+        from studio.plans.plan import check_tensor_parallel
 
         check_tensor_parallel(layer_widths(load_text_config(model_dir)), tensor_parallel_size)
 
@@ -536,7 +536,7 @@ class ServerManager:
         Written once per manager (a copy left by an older studio in a reused log folder is
         replaced), then left alone while servers may import from it.
         """
-        from studio.vllm_plugin_files import write_plugin
+        from studio.export.plugin_files import write_plugin
 
         folder = self.log_dir / "studio-plugin"
         with self._servers_lock:

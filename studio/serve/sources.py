@@ -50,7 +50,7 @@ def cpu_backend(folder: Path, name: str) -> ChatBackend:
 
     loader = None
     if is_gptq_checkpoint(folder):
-        from studio.quantize import load_quantized
+        from studio.gptq.quantize import load_quantized
 
         loader = load_quantized
     return TransformersBackend(folder, name=name, loader=loader)

@@ -19,7 +19,7 @@ that `gr.LoginButton` sets, or passes None. Typical use:
     def on_push(name, repo_id, profile: gr.OAuthProfile | None, oauth_token: gr.OAuthToken | None):
         access.require_user(profile, action="publish to the Hub")
         folder = studio_path(f"exports/{name}", "export", home=ctx.home)   # studio.safety
-        push_export(folder, repo_id, token=access.hub_token(oauth_token))  # studio.hub
+        push_export(folder, repo_id, token=access.hub_token(oauth_token))  # studio.export.hub
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def record_submitter(store, job_id: str, user: str) -> None:
 
 def hub_token(oauth_token: gr.OAuthToken | None) -> str | None:
     """The token to push with: the visitor's OAuth token on a Space (sign-in required); None locally,
-    so that `studio.hub` uses the local login (HF_TOKEN or `hf auth login`)."""
+    so that `studio.export.hub` uses the local login (HF_TOKEN or `hf auth login`)."""
     if not on_space():
         return None
     if oauth_token is None:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from studio.job_results import analysis_summary
+from studio.jobs.results import analysis_summary
 from studio.jobs.client import job_store
 from studio.jobs.store import FINAL_STATUSES, UnknownJob
 from studio.plots import (

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.job_results import job_outputs
+from studio.jobs.results import job_outputs
 from studio.jobs.client import job_store
 from studio.paths import exports_dir
 from studio.safety import IMAGE_UPLOAD_MAX_BYTES, check_upload
@@ -223,7 +223,7 @@ class BackendPool:
                 name = self._label(model_dir)
                 loader = None
                 if is_gptq_checkpoint(model_dir):
-                    from studio.quantize import load_quantized
+                    from studio.gptq.quantize import load_quantized
 
                     loader = load_quantized
                 self._cpu[key] = TransformersBackend(model_dir, name=f"{name} (transformers)", loader=loader)

@@ -83,7 +83,7 @@ class Shared:
     """Components the tabs exchange (filled in as tabs are built)."""
 
     model_state: object = None  # gr.State: {"source", "label", "config_path", "checkpoint", "shapes"}
-    plan_state: object = None  # gr.State: studio.plan_table.plan_to_state(plan) or None
+    plan_state: object = None  # gr.State: studio.plans.table.plan_to_state(plan) or None
     browser_jobs: object = None  # gr.BrowserState: {"jobs": [ids submitted here], "selected": id}
     # gr.State: id of the job that finished most recently (None until one does). Its `.change` is
     # the hook for tabs that follow new results (Analysis selects it; Chat may offer its export).

@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import gradio as gr
 
-from studio.job_results import job_outputs
+from studio.jobs.results import job_outputs
 from studio.jobs.client import cancel, job_store, retry, submit
 from studio.ui import access
 from studio.flap.settings import COMPENSATIONS
@@ -26,7 +26,7 @@ from studio.ui.components import OpenDropdown
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES, STAGES
 from studio.jobs.store import FINAL_STATUSES, UnknownJob, describe
-from studio.plan_table import plan_from_state
+from studio.plans.table import plan_from_state
 from studio.ui.context import Shared, StudioContext
 
 POLL_SECONDS = 1.5

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.job_results import job_outputs
+from studio.jobs.results import job_outputs
 from studio.jobs.client import job_store
 from studio.model_summary import CARD_FIGURES, KV_ROLES, QuantSettings, estimate_sizes
 from studio.paths import presets_dir
-from studio.plan import builtin_presets, read_preset, resolve_plan, save_plan, uniform_plan
-from studio.plan_table import (
+from studio.plans.plan import builtin_presets, read_preset, resolve_plan, save_plan, uniform_plan
+from studio.plans.table import (
     COLUMNS,
     apply_edit,
     edited_base_name,
@@ -283,7 +283,7 @@ def statistics_choices(ctx: StudioContext) -> list[tuple[str, str]]:
 def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_state, ctx: StudioContext):
     """Widths from FLAP scores for a global ratio; locked layers keep their widths."""
     from studio.flap.pipeline import load_statistics, suggested_plan
-    from studio.job_results import find_statistics
+    from studio.jobs.results import find_statistics
 
     try:
         text_config = _require_model(model_state)

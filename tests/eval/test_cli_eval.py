@@ -39,7 +39,7 @@ def test_eval_runs_a_gptq_export(demo_model_dir, tmp_path, capsys):
     from transformers import AutoTokenizer
 
     from studio.calibration import CalibrationSpec, build_calibration_ids
-    from studio.quantize import QuantizeSettings, quantize_checkpoint
+    from studio.gptq.quantize import QuantizeSettings, quantize_checkpoint
     from tests.conftest import CALIBRATION_TEXT
 
     spec = CalibrationSpec(source=str(CALIBRATION_TEXT), samples=8, seqlen=64, seed=0)

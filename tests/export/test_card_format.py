@@ -21,7 +21,7 @@ WIDTHS = [384, 256, 512, 384, 256, 384, 128, 256]
 def studio_format(demo_model_dir, calibration_text, tmp_path_factory) -> Path:
     from studio.calibration import CalibrationSpec
     from studio.flap.pipeline import prune_checkpoint
-    from studio.plan import PruningPlan
+    from studio.plans.plan import PruningPlan
 
     out = tmp_path_factory.mktemp("formats") / "studio-format"
     plan = PruningPlan(widths=WIDTHS, original=[512] * len(WIDTHS))

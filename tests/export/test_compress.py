@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 
 from studio.cli import main
-from studio.quantize_rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, is_quantized
+from studio.gptq.rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, is_quantized
 
 LAYERS = 8
 SAMPLES, SEQLEN = 8, 64
@@ -147,8 +147,8 @@ def test_index_maps_every_tensor_to_an_existing_shard(quantized_export):
 def test_estimate_from_the_config_equals_the_measured_export(quantized_export, demo_model_dir):
     """Parameters and tensor bytes agree exactly, per component; files add only their headers."""
     from studio.modeling import load_text_config
-    from studio.plan import find_preset, load_plan
-    from studio.quantize import QuantizeSettings
+    from studio.plans.plan import find_preset, load_plan
+    from studio.gptq.quantize import QuantizeSettings
     from studio.sizes import config_from_file, estimate, measure_checkpoint
 
     plan = load_plan(find_preset("uniform-20"), load_text_config(demo_model_dir))
@@ -214,7 +214,7 @@ def test_re_export_in_one_shard_as_the_job_runner_calls_it(quantized_export, dem
 def test_reload_and_generate(quantized_export):
     from transformers import AutoTokenizer
 
-    from studio.quantize import load_quantized
+    from studio.gptq.quantize import load_quantized
 
     model = load_quantized(quantized_export)
     assert type(model).__name__ == "Gemma4FlapForConditionalGeneration"

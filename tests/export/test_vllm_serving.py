@@ -25,7 +25,7 @@ def test_vllm_serves_the_sharded_export_like_the_studio_loader(demo_model_dir, c
     from studio.export import export_checkpoint
     from studio.flap.pipeline import prune_checkpoint
     from studio.modeling import load_model
-    from studio.plan import PruningPlan
+    from studio.plans.plan import PruningPlan
 
     plan = PruningPlan(widths=[384, 256, 512, 384, 256, 384, 128, 256], original=[512] * 8)
     prune_checkpoint(demo_model_dir, plan, CalibrationSpec(str(calibration_text), 4, 64), tmp_path / "pruned")

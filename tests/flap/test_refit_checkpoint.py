@@ -14,7 +14,7 @@ from studio.cli import main
 from studio.flap.pipeline import SUMMARY_FILE, load_statistics, prune_checkpoint
 from studio.flap.settings import FlapSettings
 from studio.modeling import decoder_layers, load_model
-from studio.plan import PruningPlan
+from studio.plans.plan import PruningPlan
 from tests.test_vllm_plugin import LOGPROB_TOLERANCE, NEW_TOKENS, PROMPTS, export_folder, transformers_greedy
 from tests.vllm_helpers import VLLM_PYTHON, free_port, hf_overrides, server_command, vllm_environment, VllmServer
 
@@ -68,7 +68,7 @@ def test_refit_checkpoint_has_the_bias_checkpoints_format_and_the_same_channels(
 
 
 def test_refit_checkpoint_quantizes_and_exports_like_a_bias_one(demo_model_dir, calibration_text, tmp_path):
-    from studio.quantize import load_quantized
+    from studio.gptq.quantize import load_quantized
 
     exports = {}
     for compensation in ("bias", "refit"):

@@ -125,10 +125,10 @@ def test_job_runner_prunes_with_refit_sequentially(tmp_path, demo_model_dir):
 
 
 def test_job_form_passes_the_choices_into_the_spec(demo_model_dir):
-    from studio.plan import uniform_plan
+    from studio.plans.plan import uniform_plan
     from studio.modeling import load_text_config
     from studio.ui.jobs_tab import build_spec
-    from studio.plan_table import plan_to_state
+    from studio.plans.table import plan_to_state
 
     plan_state = plan_to_state(uniform_plan(load_text_config(demo_model_dir), 0.25))
     model_state = {"label": "demo", "checkpoint": str(demo_model_dir)}

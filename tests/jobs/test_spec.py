@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from studio.jobs.spec import JobSpec, load_spec, parse_spec
-from studio.plan import builtin_presets, read_preset
+from studio.plans.plan import builtin_presets, read_preset
 
 from .conftest import small_spec, write_spec
 

@@ -204,7 +204,7 @@ def test_a_pruned_checkpoint_runs_through_an_injected_loader(demo_model_dir, tmp
 
 @pytest.fixture(scope="module")
 def int4_dir(demo_model_dir, tmp_path_factory):
-    from studio.quantize import quantize_checkpoint
+    from studio.gptq.quantize import quantize_checkpoint
 
     ids = torch.randint(16, 2000, (8, 64), generator=torch.Generator().manual_seed(0))
     out = tmp_path_factory.mktemp("int4") / "demo-int4"
@@ -215,7 +215,7 @@ def int4_dir(demo_model_dir, tmp_path_factory):
 def test_an_int4_export_answers_an_image_through_gptqmodel(int4_dir):
     from gptqmodel.nn_modules.qlinear import BaseQuantLinear
 
-    from studio.quantize import load_quantized
+    from studio.gptq.quantize import load_quantized
 
     backend = TransformersBackend(int4_dir, name="demo-int4", loader=load_quantized)
     messages = [user_message("What is in the picture?", [picture()])]
@@ -233,7 +233,7 @@ def test_the_int4_model_generates_without_compiling(int4_dir):
     pruned width), which stalled the first replies on CPU; the studio's loader runs it eagerly."""
     from torch._dynamo.utils import counters
 
-    from studio.quantize import load_quantized
+    from studio.gptq.quantize import load_quantized
 
     graphs_before = counters["stats"]["unique_graphs"]
     model = load_quantized(int4_dir)  # its probe forward counts too

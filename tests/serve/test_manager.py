@@ -26,7 +26,7 @@ from studio.serve.manager import (
     server_processes,
 )
 from studio.serve.memory import GIB, kv_cache_bytes, plan_gpu_shares, read_config, weights_bytes
-from studio.vllm_plugin_files import write_plugin
+from studio.export.plugin_files import write_plugin
 from tests.conftest import E4B_CONFIG
 from tests.serve.conftest import alive
 

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from studio.serve.manager import REPO_ROOT, ServerManager, ServerSpec, child_environment, export_options
-from studio.vllm_plugin_files import vllm_config_yaml
+from studio.export.plugin_files import vllm_config_yaml
 
 FAKE_ENTRYPOINT = "tests.serve.fake_vllm_server"
 SECRETS = {

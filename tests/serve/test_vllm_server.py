@@ -18,11 +18,11 @@ from transformers import AutoTokenizer
 
 from studio.calibration import CalibrationSpec
 from studio.flap.pipeline import STATS_FILE, prune_checkpoint
-from studio.plan import PruningPlan
+from studio.plans.plan import PruningPlan
 from studio.serve.chat import GenerationStats, SamplingSettings, TextDelta, user_message
 from studio.serve.manager import DEFAULT_VLLM_PYTHON, ServerManager, ServerSpec, ServerStartError, server_processes
 from studio.serve.side_by_side import SideBySideChat
-from studio.vllm_plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
+from studio.export.plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
 from tests.serve.conftest import alive
 
 VLLM_PYTHON = Path(os.environ.get("STUDIO_VLLM_PYTHON") or DEFAULT_VLLM_PYTHON)

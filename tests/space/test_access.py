@@ -57,7 +57,7 @@ def test_locally_nobody_signs_in(local):
     assert access.login_button() is None
     many = [job(f"j{i}", access.LOCAL_USER, "queued") for i in range(10)]
     assert access.require_submitter(None, many) == access.LOCAL_USER  # no limit locally
-    assert access.hub_token(None) is None  # studio.hub falls back to HF_TOKEN / hf auth login
+    assert access.hub_token(None) is None  # studio.export.hub falls back to HF_TOKEN / hf auth login
 
 
 def test_per_user_limit_counts_only_that_users_active_jobs(space, monkeypatch):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from studio.modeling import load_text_config
-from studio.plan import find_preset, load_plan
-from studio.plan_table import COLUMNS, apply_edit, plan_from_state, plan_rows, plan_to_state
+from studio.plans.plan import find_preset, load_plan
+from studio.plans.table import COLUMNS, apply_edit, plan_from_state, plan_rows, plan_to_state
 from studio.ui.context import REFERENCE_CONFIG
 
 

@@ -9,7 +9,7 @@ import torch
 
 from studio.model_summary import QuantSettings, attention_kinds, estimate_sizes, kv_roles, parameter_shapes, structure_summary
 from studio.modeling import load_text_config, original_widths
-from studio.plan import find_preset, load_plan
+from studio.plans.plan import find_preset, load_plan
 from studio.plots import (
     figure_payload_bytes,
     gptq_loss_figure,
@@ -18,7 +18,7 @@ from studio.plots import (
     size_breakdown_figure,
     widths_figure,
 )
-from studio.quantize import ModuleQuantRecord
+from studio.gptq.quantize import ModuleQuantRecord
 from studio.ui.context import REFERENCE_CONFIG
 
 HIDDEN, LAYERS, WIDTH = 2560, 42, 10240
@@ -57,7 +57,7 @@ def test_size_estimate_of_the_card_plan(e4b):
 
 def test_estimate_agrees_with_studio_sizes(e4b):
     from studio import sizes
-    from studio.quantize import QuantizeSettings
+    from studio.gptq.quantize import QuantizeSettings
 
     config, shapes, plan = e4b
     mine = estimate_sizes(shapes, plan.widths, plan.original, QuantSettings(bits=4, group_size=128))

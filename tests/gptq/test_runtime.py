@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from studio.gptqmodel_runtime import CPU_WORKERS_VARIABLE, MIN_CPU_WORKERS, configure_cpu_workers, required_cpu_workers
+from studio.gptq.runtime import CPU_WORKERS_VARIABLE, MIN_CPU_WORKERS, configure_cpu_workers, required_cpu_workers
 
-from .conftest import CALIBRATION_TEXT
+from tests.conftest import CALIBRATION_TEXT
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # Runs the rest of the command line as `python -m studio ...` (or the given -c code) on what
 # looks like a 2-core machine.
 TWO_CORES = """

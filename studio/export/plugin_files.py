@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 PLUGIN_PACKAGE = "vllm_flap_plugin"
-PLUGIN_SOURCE = Path(__file__).resolve().parent / "vllm_plugin" / PLUGIN_PACKAGE
+PLUGIN_SOURCE = Path(__file__).resolve().parents[1] / "vllm_plugin" / PLUGIN_PACKAGE
 DISTRIBUTION_NAME = "vllm-flap-plugin"
 ENTRY_POINT_GROUP = "vllm.general_plugins"
 ENTRY_POINT_NAME = "vllm_flap_plugin"

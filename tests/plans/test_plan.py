@@ -2,9 +2,9 @@ import pytest
 import yaml
 
 from studio.modeling import load_text_config
-from studio.plan import builtin_presets, find_preset, load_plan, read_preset, resolve_plan, save_plan, uniform_plan
+from studio.plans.plan import builtin_presets, find_preset, load_plan, read_preset, resolve_plan, save_plan, uniform_plan
 
-from .conftest import E4B_CONFIG
+from tests.conftest import E4B_CONFIG
 
 
 @pytest.fixture(scope="module")

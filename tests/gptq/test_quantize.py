@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from studio.quantize import (
+from studio.gptq.quantize import (
     QUANT_LOG_COLUMNS,
     Cancelled,
     QuantizeSettings,
@@ -21,13 +21,13 @@ from studio.quantize import (
     quantize_checkpoint,
     read_quant_log,
 )
-from .conftest import TEST_TEXT
-from studio.quantize_rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, is_quantized, ordered_rules
+from tests.conftest import TEST_TEXT
+from studio.gptq.rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, is_quantized, ordered_rules
 
 WIDTHS = [384, 256, 512, 128, 384, 256, 512, 384]
 SAMPLES, SEQLEN = 8, 64
 PACKED_SUFFIXES = ("qweight", "qzeros", "scales", "g_idx")
-# The card's GPTQ targets, written out here rather than taken from studio.quantize_rules.
+# The card's GPTQ targets, written out here rather than taken from studio.gptq.rules.
 CARD_QUANTIZED = ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 

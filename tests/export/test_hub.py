@@ -10,7 +10,7 @@ import pytest
 from huggingface_hub import constants
 
 from studio.cli import main
-from studio.hub import PushFailed, push_export
+from studio.export.hub import PushFailed, push_export
 from tests.space.fake_hub import FakeHub
 
 REPO = "alice/demo-lite"

@@ -88,7 +88,7 @@ def read_perplexity(outputs: JobOutputs) -> dict | None:
 def read_quant_records(outputs: JobOutputs) -> list | None:
     if outputs.quant_log is None:
         return None
-    from studio.quantize import read_quant_log
+    from studio.gptq.quantize import read_quant_log
 
     return read_quant_log(outputs.quant_log)
 

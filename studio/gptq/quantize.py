@@ -27,8 +27,8 @@ import torch
 from studio.atomic import atomic_directory
 from studio.progress import Cancelled
 from studio.calibration import CalibrationSpec
-from studio.gptqmodel_runtime import import_gptqmodel
-from studio.quantize_rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic
+from studio.gptq.runtime import import_gptqmodel
+from studio.gptq.rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic
 
 GPTQ_BITS = (2, 3, 4, 8)
 # GPTQ v1 ("gptq") is what vLLM's GPTQ and Marlin kernels read; GPTQModel converts on save.

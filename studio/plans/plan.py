@@ -33,7 +33,7 @@ from studio.atomic import atomic_write_text
 from studio.modeling import original_widths
 from studio.safety import parse_yaml, read_utf8
 
-PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "presets"
 TOP_LEVEL_KEYS = {"name", "description", "multiple", "num_layers", "tensor_parallel_size", "default", "layers"}
 # What GPTQ-Marlin in vLLM needs of each GPU's share of down_proj's input features.
 MARLIN_INPUT_MULTIPLE = 128

@@ -1,5 +1,5 @@
 """The `dynamic` rules give the same keep/quantize decision under Hugging Face and vLLM names, and
-GPTQModel reads them the way `studio.quantize_rules` says it does."""
+GPTQModel reads them the way `studio.gptq.rules` says it does."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from studio.quantize_rules import (
+from studio.gptq.rules import (
     DEFAULT_DYNAMIC,
     QUANTIZED_MODULES,
     dynamic_override,
@@ -23,8 +23,8 @@ from studio.quantize_rules import (
     vllm_module_name,
 )
 
-REPO = Path(__file__).resolve().parent.parent
-from .conftest import E4B_CONFIG  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import E4B_CONFIG  # noqa: E402
 VLLM_PYTHON = REPO / ".venv-vllm" / "bin" / "python"
 VLLM_GEMMA4_MM = "vllm/model_executor/models/gemma4_mm.py"
 
@@ -176,7 +176,7 @@ def test_rules_that_vllm_would_read_differently_are_rejected():
 @pytest.mark.skipif(not VLLM_PYTHON.exists(), reason="no .venv-vllm")
 def test_prefix_table_is_vllms_gemma4_mapper():
     """Our multimodal renaming table is the `orig_to_new_prefix` of the installed vLLM's Gemma 4."""
-    from studio.quantize_rules import _VLLM_MULTIMODAL_PREFIXES
+    from studio.gptq.rules import _VLLM_MULTIMODAL_PREFIXES
 
     # A vLLM that moved or renamed its Gemma 4 model file fails here: the table must be checked again.
     found = sorted((REPO / ".venv-vllm" / "lib").glob(f"python3*/site-packages/{VLLM_GEMMA4_MM}"))

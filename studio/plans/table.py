@@ -6,7 +6,7 @@ A table is a list of rows, one per decoder layer, with the columns of `COLUMNS`.
 - a changed width must satisfy the plan's rule (a positive multiple of `multiple`, at most the
   original width); the ratio follows from it;
 - a changed ratio must be a number in [0, 1); the width becomes the nearest allowed multiple
-  (`studio.plan.width_for_ratio`), and the ratio is then shown as that width gives it;
+  (`studio.plans.plan.width_for_ratio`), and the ratio is then shown as that width gives it;
 - a changed lock must be true or false.
 
 An edit that breaks a rule is rejected as a whole: the table returns to the last valid plan and the
@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from studio.model_summary import attention_kinds, kv_roles
-from studio.plan import PruningPlan, _check_width, width_for_ratio
+from studio.plans.plan import PruningPlan, _check_width, width_for_ratio
 
 COLUMNS = ["layer", "attention", "kv", "original", "ratio", "width", "lock"]
 EDITABLE = ("ratio", "width", "lock")

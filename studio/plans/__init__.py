@@ -1,0 +1,1 @@
+"""Per-layer pruning plans: the plan type and its presets, and the editable table the studio shows."""
