@@ -9,12 +9,61 @@ instead of an error from deep inside transformers or safetensors.
 from __future__ import annotations
 
 import json
+import os
 import re
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from studio.safety import confine, expand_path
 
 # config.json `model_type` of the models the studio works on (the checkpoint, and its text config).
 GEMMA4_MODEL_TYPES = ("gemma4", "gemma4_text")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# The model choice naming the demo model (a small random-weight Gemma 4, `python -m studio demo-model`).
+DEMO_MODEL = "demo"
+
+
+# How a typed folder path starts (anything else may be a hub id or a name relative to the base).
+PATH_PREFIXES = ("/", "./", "../", "~")
+
+
+def resolve_model(
+    value,
+    field: str = "model",
+    *,
+    named: Mapping[str, object] | None = None,
+    base: str | Path | None = None,
+    roots: Sequence[str | Path] | None = None,
+    hub_ids: bool = True,
+):
+    """What a model choice names, as the UI tabs and job specs take it (the one place that decides):
+
+    - a key of `named` (a menu's choices, e.g. the demo model): its value, as given;
+    - a folder holding config.json: its resolved `Path`. Relative paths start at `base` (default:
+      the working folder); with `roots` (a Space: `studio.safety.readable_roots`) they start at the
+      first root and must stay inside one (`studio.safety.confine`);
+    - 'owner/name' where no file or folder is (with `hub_ids`): the hub id, as typed.
+
+    ValueError (or the confinement's) naming `field` otherwise. The folder is not checked further
+    here; `check_checkpoint_folder` reads its config and shard headers.
+    """
+    text = value.strip() if isinstance(value, str) else ""
+    if not text:
+        raise ValueError(f"{field}: must be a checkpoint folder or a hub id like 'google/gemma-4-E4B-it', got {value!r}")
+    if named and text in named:
+        return named[text]
+    start = Path(roots[0]) if roots else Path(base or Path.cwd())
+    hub_shaped = hub_ids and bool(HUB_ID.match(text)) and ".." not in text.split("/")
+    # 'owner/name' that is nothing on disk names a hub model; a link there that leads out of the
+    # roots is refused like any path.
+    if hub_shaped and not os.path.lexists(start.expanduser() / text):
+        return text
+    folder = confine(text, field, roots) if roots else expand_path(text, field, base)
+    if (folder / "config.json").is_file():
+        return folder
+    if hub_ids and not folder.exists() and not text.startswith(PATH_PREFIXES):
+        raise ValueError(f"{field}: {text!r} is neither an existing folder nor a hub id like 'owner/name'")
+    raise ValueError(f"{field}: {folder} is not a checkpoint folder (no config.json)")
 
 
 def check_model_source(value: str, field: str = "model") -> str:

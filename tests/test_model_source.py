@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 
 import pytest
 from huggingface_hub import constants
 
-from studio.model_source import check_model_source
+from studio.model_source import check_model_source, resolve_model
 
 
 @pytest.fixture
@@ -71,3 +72,48 @@ def test_a_hub_id_offline_must_be_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     with pytest.raises(ValueError, match=r"^model: 'google/gemma-4-E4B-it' is not in the local hub cache and HF_HUB_OFFLINE is set"):
         check_model_source("google/gemma-4-E4B-it")
+
+
+# --- resolve_model: what a model choice names (the UI tabs and job specs) ----------------------
+
+
+def test_named_choices_come_back_as_given(demo_model_dir):
+    named = {"demo": demo_model_dir, "E4B (config only)": "E4B (config only)"}
+    assert resolve_model(" demo ", named=named) == demo_model_dir
+    assert resolve_model("E4B (config only)", named=named) == "E4B (config only)"
+
+
+def test_folders_resolve_from_the_base_and_must_hold_a_config(demo_model_dir, tmp_path):
+    model = shutil.copytree(demo_model_dir, tmp_path / "models" / "m")
+    assert resolve_model("models/m", base=tmp_path) == model  # 'owner/name'-shaped, but a folder there
+    assert resolve_model("./models/./m", base=tmp_path) == model
+    assert resolve_model(str(model)) == model
+    with pytest.raises(ValueError, match=rf"^model: {tmp_path / 'models'} is not a checkpoint folder \(no config.json\)$"):
+        resolve_model("./models", base=tmp_path)
+    with pytest.raises(ValueError, match=rf"^model_b: {tmp_path}/gone is not a checkpoint folder \(no config.json\)$"):
+        resolve_model("./gone", "model_b", base=tmp_path)
+
+
+def test_hub_ids_are_what_is_not_on_disk(tmp_path):
+    assert resolve_model("google/gemma-4-E4B-it", base=tmp_path) == "google/gemma-4-E4B-it"
+    with pytest.raises(ValueError, match=r"^model: 'not a model' is neither an existing folder nor a hub id like 'owner/name'$"):
+        resolve_model("not a model", base=tmp_path)
+    # where hub ids are not taken (a chat pane), the same text is a missing folder
+    with pytest.raises(ValueError, match=rf"^model_a: {tmp_path}/google/gemma-4-E4B-it is not a checkpoint folder"):
+        resolve_model("google/gemma-4-E4B-it", "model_a", base=tmp_path, hub_ids=False)
+    for empty in ("", "  ", None, 3):
+        with pytest.raises(ValueError, match=r"^model: must be a checkpoint folder or a hub id like 'google/gemma-4-E4B-it', got "):
+            resolve_model(empty)
+
+
+def test_with_roots_folders_start_at_the_first_and_stay_inside(demo_model_dir, tmp_path):
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    model = shutil.copytree(demo_model_dir, home / "models" / "demo")
+    shutil.copytree(demo_model_dir, outside / "model")
+    (home / "models" / "elsewhere").symlink_to(outside / "model")
+    assert resolve_model("models/demo", roots=[home]) == model
+    assert resolve_model("google/gemma-4-E4B-it", roots=[home]) == "google/gemma-4-E4B-it"
+    # a link inside that leads out is refused like a '..' path, though it is 'owner/name'-shaped
+    for typed in ("models/elsewhere", "../outside/model", str(outside / "model")):
+        with pytest.raises(ValueError, match=rf"^model: '{re.escape(typed)}' is outside the studio's data folder {home}$"):
+            resolve_model(typed, roots=[home])

@@ -18,7 +18,7 @@ from typing import Any
 
 from studio.calibration import CalibrationSpec
 from studio.flap.settings import FlapSettings
-from studio.model_source import HUB_ID
+from studio.model_source import resolve_model
 from studio.paths import presets_dir
 from studio.safety import parse_yaml, read_utf8
 
@@ -181,25 +181,12 @@ def _fraction(name: str, value, low_open: bool = False) -> float:
     raise ValueError(f"{name}: must be a number in {interval}, got {value!r}")
 
 
-def _looks_like_path(text: str) -> bool:
-    return text.startswith(("/", "./", "../", "~")) or Path(text).exists()
-
-
 def _local_path(value: str, base: Path) -> Path:
     return (base / Path(value).expanduser()).resolve()
 
 
 def _model(value, base: Path) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ValueError(f"model: must be a checkpoint folder or a hub id like 'google/gemma-4-E4B-it', got {value!r}")
-    if _looks_like_path(value) or (base / value).exists():
-        path = _local_path(value, base)
-        if not (path / "config.json").is_file():
-            raise ValueError(f"model: {path} is not a checkpoint folder (no config.json)")
-        return str(path)
-    if not HUB_ID.match(value):
-        raise ValueError(f"model: {value!r} is neither an existing folder nor a hub id like 'owner/name'")
-    return value
+    return str(resolve_model(value, "model", base=base))
 
 
 def _text_source(name: str, value, base: Path) -> str:

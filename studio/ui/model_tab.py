@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import gradio as gr
 
-from studio.jobs.spec import HUB_ID
-from studio.model_source import check_checkpoint_folder
+from studio.model_source import check_checkpoint_folder, resolve_model
 from studio.model_summary import attention_kinds, kv_roles, load_full_config, parameter_shapes, structure_summary
 from studio.modeling import load_text_config, original_widths
-from studio.ui import access
 from studio.ui.components import OpenDropdown
-from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, Shared, StudioContext
+from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, ModelTab, Shared, StudioContext
 
 
 def hub_config_folder(repo_id: str) -> Path:
@@ -26,28 +23,25 @@ def hub_config_folder(repo_id: str) -> Path:
         raise ValueError(f"model: cannot get config.json of {repo_id!r} from the hub or its cache ({type(err).__name__})") from err
 
 
-def open_model(source: str, ctx: StudioContext) -> dict:
-    """The model state for a choice, a hub id or a local folder (absolute and resolved, as
-    `model_source` gives it); config only, no weights are read."""
-    source = (source or "").strip() or DEMO_MODEL
+def open_model(source: str | Path, ctx: StudioContext) -> dict:
+    """The model state for what `model_source` gives: a menu choice, a hub id or a local folder
+    (a `Path`, absolute and resolved); config only, no weights are read."""
     if source == DEMO_MODEL:
         config_path, checkpoint, label = ctx.demo_dir, ctx.demo_dir, f"demo model ({ctx.demo_dir})"
     elif source == E4B_CONFIG_ONLY:
         config_path, checkpoint, label = ctx.reference_config, None, E4B_CONFIG_ONLY
-    elif Path(source).is_absolute() and Path(source).is_dir():
+    elif isinstance(source, Path):
         # config.json of Gemma 4, shards whose headers parse and match it (studio.model_source)
-        path = check_checkpoint_folder(Path(source), "model")
+        path = check_checkpoint_folder(source, "model")
         config_path, checkpoint, label = path, path, str(path)
-    elif HUB_ID.match(source):
-        # Only config.json is fetched (or read from the local hub cache); jobs download the weights.
-        config_path, checkpoint, label = hub_config_folder(source), source, f"{source} (hub)"
     else:
-        raise ValueError(f"model: {source!r} is neither a checkpoint folder nor a hub id like 'owner/name'")
+        # A hub id: only config.json is fetched (or read from the local hub cache); jobs download the weights.
+        config_path, checkpoint, label = hub_config_folder(source), source, f"{source} (hub)"
     load_full_config(config_path)  # fails early with a clear message
     shapes = parameter_shapes(config_path)
     text_config = load_text_config(config_path)
     return {
-        "source": source,
+        "source": str(source),
         "label": label,
         "config_path": str(config_path),
         "checkpoint": str(checkpoint) if checkpoint else None,
@@ -103,22 +97,11 @@ def summary_markdown(model_state: dict) -> str:
     return "\n".join(lines)
 
 
-def model_source(source: str, ctx: StudioContext) -> str:
-    """A typed model choice as `open_model` takes it: the menu's choices and hub ids as typed, a
-    folder through `access.visitor_path` (expanded, resolved, confined on a Space)."""
-    source = (source or "").strip() or DEMO_MODEL
-    if source in (DEMO_MODEL, E4B_CONFIG_ONLY):
-        return source
-    is_hub_id = bool(HUB_ID.match(source)) and ".." not in source.split("/")
-    try:
-        folder = access.visitor_path(source, "model", ctx.home)
-    except ValueError:
-        # 'owner/name' that is nothing under STUDIO_HOME names a hub model; a link there that
-        # leads out is refused like any path.
-        if is_hub_id and not os.path.lexists(Path(ctx.home) / source):
-            return source
-        raise
-    return source if is_hub_id and not folder.is_dir() else str(folder)
+def model_source(source: str, ctx: StudioContext) -> str | Path:
+    """A typed model choice as `open_model` takes it (`studio.model_source.resolve_model`): the
+    menu's choices as named, a folder expanded and resolved (confined on a Space), a hub id as typed."""
+    named = {choice: choice for choice in (DEMO_MODEL, E4B_CONFIG_ONLY)}
+    return resolve_model((source or "").strip() or DEMO_MODEL, "model", named=named, roots=ctx.visitor_roots())
 
 
 def load_model(source: str, ctx: StudioContext, current: dict | None = None):
@@ -132,8 +115,8 @@ def load_model(source: str, ctx: StudioContext, current: dict | None = None):
     return state, summary_markdown(state)
 
 
-def create_ui(ctx: StudioContext, shared: Shared):
-    """Build the tab; returns (model choice, summary) for the page-load wiring in studio.ui.app."""
+def create_ui(ctx: StudioContext, shared: Shared) -> ModelTab:
+    """Build the tab; returns the model choice and summary for the page-load wiring in studio.ui.app."""
     gr.Markdown(
         "Choose the model to compress. The **demo model** is a small random-weight Gemma 4 with E4B's "
         "structure (runs anywhere); **E4B (config only)** plans and estimates against the published "
@@ -173,4 +156,4 @@ def create_ui(ctx: StudioContext, shared: Shared):
     demo_button.click(lambda: DEMO_MODEL, None, choice, api_visibility="private").then(
         load_chosen, [choice, shared.model_state], [shared.model_state, summary], api_visibility="private"
     )
-    return choice, summary
+    return ModelTab(choice=choice, summary=summary)
