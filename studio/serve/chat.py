@@ -30,6 +30,13 @@ Message = dict[str, Any]
 # --- sampling settings -------------------------------------------------------------------------
 
 
+# The ranges `SamplingSettings` accepts (a UI's sliders span them): temperature [0, 2], top-p (0, 1].
+TEMPERATURE_RANGE = (0.0, 2.0)
+TOP_P_RANGE = (0.0, 1.0)
+# A form's seed field: this value (or nothing) means a random seed.
+RANDOM_SEED = -1
+
+
 @dataclass(frozen=True)
 class SamplingSettings:
     """How a reply is sampled. `temperature == 0` means greedy decoding; `seed` None means random."""
@@ -45,14 +52,22 @@ class SamplingSettings:
             object.__setattr__(self, "max_tokens", int(self.max_tokens))
         if isinstance(self.seed, float) and self.seed.is_integer():
             object.__setattr__(self, "seed", int(self.seed))
-        if not 0.0 <= self.temperature <= 2.0:
-            raise ValueError(f"temperature: must be between 0 and 2, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
+        low, high = TEMPERATURE_RANGE
+        if not low <= self.temperature <= high:
+            raise ValueError(f"temperature: must be between {low:g} and {high:g}, got {self.temperature}")
+        low, high = TOP_P_RANGE
+        if not low < self.top_p <= high:
+            raise ValueError(f"top_p: must be in ({low:g}, {high:g}], got {self.top_p}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens: must be a positive integer, got {self.max_tokens}")
         if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
             raise ValueError(f"seed: must be a non-negative integer or None, got {self.seed}")
+
+    @classmethod
+    def from_form(cls, temperature, top_p, max_tokens, seed) -> SamplingSettings:
+        """Settings as a form gives them (numbers as floats); a seed of `RANDOM_SEED` or empty means random."""
+        seed = None if seed is None or seed == "" or seed == RANDOM_SEED else seed
+        return cls(float(temperature), float(top_p), max_tokens, seed)
 
     def to_dict(self) -> dict:
         return asdict(self)

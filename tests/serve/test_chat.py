@@ -6,6 +6,8 @@ import pytest
 from PIL import Image
 
 from studio.serve.chat import (
+    RANDOM_SEED,
+    SamplingSettings,
     StatsClock,
     data_url_to_image,
     image_to_data_url,
@@ -62,3 +64,30 @@ def test_stats_without_text_have_no_rates():
     clock.mark_text()
     one = clock.finish(prompt_tokens=3, output_tokens=1, finish_reason="length")
     assert one.ttft_s is not None and one.tokens_per_s is None  # one token gives no decode speed
+
+
+def test_sampling_settings_from_a_form():
+    """Widgets hand numbers over as floats; the seed field's RANDOM_SEED (or nothing) means random."""
+    settings = SamplingSettings.from_form(0, 1, 12.0, 3.0)
+    assert settings == SamplingSettings(temperature=0.0, top_p=1.0, max_tokens=12, seed=3)
+    assert isinstance(settings.max_tokens, int) and isinstance(settings.seed, int)
+    for random_seed in (RANDOM_SEED, float(RANDOM_SEED), "", None):
+        assert SamplingSettings.from_form(0.7, 0.95, 256, random_seed).seed is None
+    assert SamplingSettings.from_form(0.7, 0.95, 256, 0).seed == 0
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ((2.5, 0.9, 8, None), "temperature: must be between 0 and 2, got 2.5"),
+        ((0.7, 0.0, 8, None), "top_p: must be in (0, 1], got 0.0"),
+        ((0.7, 1.5, 8, None), "top_p: must be in (0, 1], got 1.5"),
+        ((0.7, 0.9, 0, None), "max_tokens: must be a positive integer, got 0"),
+        ((0.7, 0.9, 8.5, None), "max_tokens: must be a positive integer, got 8.5"),
+        ((0.7, 0.9, 8, -2), "seed: must be a non-negative integer or None, got -2"),
+    ],
+)
+def test_sampling_settings_name_the_bad_field(values, message):
+    with pytest.raises(ValueError) as err:
+        SamplingSettings.from_form(*values)
+    assert str(err.value) == message
