@@ -7,6 +7,8 @@
 - `studio.serve.side_by_side`: `SideBySideChat`, panes A and B, blind votes, transcripts.
 - `studio.serve.chat_session`: `ChatSession`, a visitor's conversation as a UI holds it, and what
   the panes show (headings, messages; statistics hidden while blind).
+- `studio.serve.chat_pool`: what runs a chat pane (`BackendPool`, shared by a page's visitors;
+  `open_session`) and the model folders a chat page offers (`ChatModels`).
 - `studio.serve.manager`: `ServerManager`, starting and stopping vLLM servers.
 - `studio.serve.memory`: GPU shares and context lengths that fit.
 - `studio.serve.sources`: backends for models named by a URL or a folder (the `chat` command).

@@ -10,6 +10,7 @@ is not yet voted on. Nothing here knows about Gradio.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -153,3 +154,14 @@ def pane_messages(session: ChatSession | None, pane: str) -> list[dict]:
 def render(session: ChatSession | None) -> list:
     """Messages of pane A, of pane B, heading A, heading B."""
     return [pane_messages(session, p) for p in PANES] + [pane_heading(session, p) for p in PANES]
+
+
+def render_stream(session: ChatSession, updates: Iterator, interval_s: float) -> Iterator[list]:
+    """`render(session)` as the updates arrive, at most every `interval_s` (long replies would
+    flood a browser otherwise), and once more at the end."""
+    last = 0.0
+    for _update in updates:
+        if time.monotonic() - last >= interval_s:
+            last = time.monotonic()
+            yield render(session)
+    yield render(session)

@@ -24,7 +24,7 @@ from studio.plots import (
     widths_figure,
 )
 from studio.ui.components import OpenDropdown
-from studio.ui.context import Shared, StudioContext
+from studio.ui.context import AnalysisTab, Shared, StudioContext
 
 FIGURES = ("scores", "widths", "gptq", "sizes", "quality", "comparison")
 
@@ -114,8 +114,8 @@ def job_choices(ctx: StudioContext):
     return [(f"{s['output']} · {s['status']} · {s['id']}", s["id"]) for s in states]
 
 
-def create_ui(ctx: StudioContext, shared: Shared):
-    """Build the tab; returns (refresh_choices, job, compare job) for the page-load wiring."""
+def create_ui(ctx: StudioContext, shared: Shared) -> AnalysisTab:
+    """Build the tab; returns its job dropdowns and their refresh for the page-load wiring."""
     with gr.Row():
         job_a = OpenDropdown([], label="Job", elem_id="analysis-job", scale=3, allow_custom_value=True)
         job_b = OpenDropdown([], label="Compare with (optional)", elem_id="analysis-compare", scale=3,
@@ -170,4 +170,4 @@ def create_ui(ctx: StudioContext, shared: Shared):
             raise gr.Error(str(err)) from err
 
     gr.api(job_plot_data, api_name="job_plot_data")
-    return refresh_choices, job_a, job_b
+    return AnalysisTab(job=job_a, compare=job_b, refresh_choices=refresh_choices)

@@ -1,8 +1,9 @@
 """The Gradio Blocks app: shared state, then one tab per module of `TABS`.
 
-To add a tab, write `studio/ui/<name>_tab.py` with `create_ui(ctx, shared)` and add it to `TABS`
-A tab that must wire events across
-tabs after all are built returns what it needs from `create_ui` (see the page-load wiring below).
+To add a tab, write `studio/ui/<name>_tab.py` with `create_ui(ctx, shared)` and add it to `TABS`.
+Tabs exchange state through `Shared`; a tab whose components the page must wire after every tab is
+built (on page load, say) returns them from `create_ui` as a small dataclass (`studio.ui.context`:
+`ModelTab`, `JobsTab`, ...), which `build_app` reads by field name.
 """
 
 from __future__ import annotations
@@ -63,22 +64,24 @@ def build_app(ctx: StudioContext) -> gr.Blocks:
             browser_jobs=gr.BrowserState({"jobs": [], "selected": None}, storage_key=BROWSER_STORAGE_KEY, secret=ctx.ui_secret()),
             finished_job=gr.State(None),
         )
-        returned = {}
+        built = {}
         with gr.Tabs():
             for label, module_name in TABS:
                 with gr.Tab(label, id=module_name.rsplit(".", 1)[-1]):
-                    returned[module_name] = importlib.import_module(module_name).create_ui(ctx, shared)
-        choice, _summary = returned["studio.ui.model_tab"]
+                    built[module_name] = importlib.import_module(module_name).create_ui(ctx, shared)
+        model_tab = built["studio.ui.model_tab"]
         # On page load: the default model (which fills in the plan) and the job list.
         from studio.ui.model_tab import load_model
 
-        page.load(lambda: load_model(DEMO_MODEL, ctx), None, [shared.model_state, _summary], api_visibility="private")
+        page.load(lambda: load_model(DEMO_MODEL, ctx), None, [shared.model_state, model_tab.summary],
+                  api_visibility="private")
         # The job list, the Jobs tab's selection and `shared.finished_job` (Analysis draws that job;
         # Chat offers its export in pane B).
-        _timer, refresh_inputs, refresh_outputs, refresh = returned["studio.ui.jobs_tab"]
-        page.load(refresh, refresh_inputs, refresh_outputs, api_visibility="private")
-        refresh_choices, job_a, job_b = returned["studio.ui.analysis_tab"]
-        page.load(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
+        jobs_tab = built["studio.ui.jobs_tab"]
+        page.load(jobs_tab.refresh, jobs_tab.refresh_inputs, jobs_tab.refresh_outputs, api_visibility="private")
+        analysis_tab = built["studio.ui.analysis_tab"]
+        jobs = [analysis_tab.job, analysis_tab.compare]
+        page.load(analysis_tab.refresh_choices, jobs, jobs, api_visibility="private")
     return page
 
 

@@ -9,17 +9,19 @@ from __future__ import annotations
 import secrets
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradio.components.plot import PlotData
 
 from studio.calibration import E4B_TEXT_CONFIG, OFFLINE_CALIBRATION_TEXT, OFFLINE_EVALUATION_TEXT
+from studio.model_source import DEMO_MODEL
+from studio.safety import readable_roots
+from studio.ui import access
 
 # The published E4B text config bundled in data/ (plans and estimates without weights).
 REFERENCE_CONFIG = E4B_TEXT_CONFIG
-DEMO_MODEL = "demo"
 E4B_CONFIG_ONLY = "google/gemma-4-E4B-it (config only)"
 CARD_PRESET = "gemma4-lite-round2"
 
@@ -69,6 +71,11 @@ class StudioContext:
             choices.append(E4B_CONFIG_ONLY)
         return choices
 
+    def visitor_roots(self) -> tuple[Path, ...] | None:
+        """Where typed paths may point: on a Space inside `readable_roots` (as
+        `access.visitor_path` confines them), locally anywhere (None)."""
+        return readable_roots(self.home) if access.on_space() else None
+
     def ui_secret(self) -> str:
         """A per-installation key for the browser-stored job list, kept so restarts can read it."""
         path = self.home / "ui_secret"
@@ -89,3 +96,45 @@ class Shared:
     # the hook for tabs that follow new results (Analysis selects it; Chat may offer its export).
     finished_job: object = None
     calibration: dict = field(default_factory=dict)  # name -> input component (source, samples, seqlen, seed)
+
+
+# --- what each tab's create_ui returns, for the wiring across tabs in studio.ui.app -------------
+
+
+@dataclass
+class ModelTab:
+    choice: object  # the model dropdown
+    summary: object  # gr.Markdown: the loaded model's structure
+
+
+@dataclass
+class PlanTab:
+    preset: object  # the preset dropdown
+    table: object  # gr.Dataframe: the plan, one row per layer
+
+
+@dataclass
+class JobsTab:
+    """`refresh(*refresh_inputs)` gives `refresh_outputs` (the job list, the selection, ...);
+    `timer` runs it while the page is open."""
+
+    timer: object
+    refresh: Callable
+    refresh_inputs: Sequence
+    refresh_outputs: Sequence
+
+
+@dataclass
+class AnalysisTab:
+    """`refresh_choices(job, compare)` gives both dropdowns' updated job choices."""
+
+    job: object
+    compare: object
+    refresh_choices: Callable
+
+
+@dataclass
+class ChatTab:
+    model_a: object  # pane A's model dropdown
+    model_b: object
+    session: object  # gr.State: the visitor's studio.serve.chat_session.ChatSession

@@ -27,7 +27,7 @@ from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES, STAGES
 from studio.jobs.store import FINAL_STATUSES, UnknownJob, describe
 from studio.plans.table import plan_from_state
-from studio.ui.context import Shared, StudioContext
+from studio.ui.context import JobsTab, Shared, StudioContext
 
 POLL_SECONDS = 1.5
 LOG_LINES = 200  # lines shown after filtering
@@ -350,8 +350,8 @@ def remember_selection(job_id, browser):
     return browser
 
 
-def create_ui(ctx: StudioContext, shared: Shared):
-    """Build the tab; returns (timer, refresh inputs, refresh outputs, refresh) for the page load."""
+def create_ui(ctx: StudioContext, shared: Shared) -> JobsTab:
+    """Build the tab; returns its timer and refresh for the page load."""
     with gr.Row():
         output = gr.Textbox(label="Output name", placeholder="default: <plan>-<time>", scale=2)
         quantize = gr.Checkbox(True, label="GPTQ W4A16 after pruning")
@@ -433,4 +433,5 @@ def create_ui(ctx: StudioContext, shared: Shared):
     # A new selection or log view shows at once, not at the next tick.
     gr.on([selected.input, full_log.change], partial(refresh, ctx=ctx), refresh_inputs, refresh_outputs,
           api_visibility="private", show_progress="hidden")
-    return timer, refresh_inputs, refresh_outputs, (partial(refresh, ctx=ctx))
+    return JobsTab(timer=timer, refresh=partial(refresh, ctx=ctx), refresh_inputs=refresh_inputs,
+                   refresh_outputs=refresh_outputs)

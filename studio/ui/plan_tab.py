@@ -35,7 +35,7 @@ from studio.plots import size_breakdown_figure, widths_figure
 from studio.safety import SPEC_UPLOAD_MAX_BYTES, check_upload
 from studio.ui import access
 from studio.ui.components import OpenDropdown
-from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, Shared, StudioContext, cached_plot
+from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, PlanTab, Shared, StudioContext, cached_plot
 from studio.ui.model_tab import layers_of_state, shapes_of_state, text_config_of_state
 
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -303,7 +303,7 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
     return table_value(plan, model_state), plan_to_state(plan), message
 
 
-def create_ui(ctx: StudioContext, shared: Shared) -> None:
+def create_ui(ctx: StudioContext, shared: Shared) -> PlanTab:
     with gr.Row():
         # Open: a preset saved later (by this session or another) is loadable by name.
         preset = OpenDropdown(list(preset_files(ctx)), value=DEFAULT_DEMO_PRESET, label="Preset", scale=2,
@@ -393,3 +393,4 @@ def create_ui(ctx: StudioContext, shared: Shared) -> None:
         concurrency_limit=None,
         show_progress="hidden",
     )
+    return PlanTab(preset=preset, table=table)

@@ -24,7 +24,7 @@ from gradio_client.exceptions import AppError
 
 from studio.calibration import OFFLINE_CALIBRATION_TEXT
 from studio.safety import IMAGE_UPLOAD_MAX_BYTES, MAX_UPLOAD_BYTES, SPEC_UPLOAD_MAX_BYTES
-from studio.ui.chat_tab import ENGINE_CPU, ENGINE_VLLM
+from studio.serve.chat_pool import ENGINE_CPU, ENGINE_VLLM
 from tests.space.fake_oidc import FakeOIDCProvider, sign_in
 from tests.ui.conftest import free_port, stop_studio, wait_until_up
 

@@ -23,8 +23,9 @@ from studio.modeling import model_construction
 from studio.serve.chat import GenerationStats, SamplingSettings, TextDelta, user_message
 from studio.serve.chat_session import format_stats
 from studio.serve.cpu_backend import TransformersBackend
+from studio.serve import chat_pool
+from studio.serve.chat_pool import ENGINE_CPU, ENGINE_URL
 from studio.ui import chat_tab
-from studio.ui.chat_tab import DEMO_MODEL, ENGINE_CPU, ENGINE_URL, default_models, model_choices
 from studio.ui.context import Shared, StudioContext
 from tests.serve.openai_test_server import OpenAITestServer
 
@@ -210,13 +211,13 @@ def test_stop_regenerate_and_clear(chat_app):
 def test_stop_while_the_panes_are_being_set_up_stops_the_new_turn(chat_app, monkeypatch):
     """Setting up panes can take long (servers start); a Stop pressed meanwhile ends the new turn."""
     client, _home = chat_app
-    setting_up = chat_tab.BackendPool.backend
+    setting_up = chat_pool.BackendPool.backend
 
     def slow_backend(pool, *args):
         time.sleep(1.0)  # as a server start would
         return setting_up(pool, *args)
 
-    monkeypatch.setattr(chat_tab.BackendPool, "backend", slow_backend)
+    monkeypatch.setattr(chat_pool.BackendPool, "backend", slow_backend)
     words = [f"v{i}" for i in range(40)]
     with OpenAITestServer(chunk_delay_s=0.3) as server:
         form = dict(engine_a=ENGINE_URL, url_a=server.url, served_a="echo-slow",
@@ -273,15 +274,6 @@ def test_the_panes_trash_clears_the_conversation(chat_app):
         (by_trash,) = [d for d in dependencies if [chatbot, "clear"] in [list(t) for t in d["targets"]]]
         assert (by_trash["inputs"], by_trash["outputs"]) == (by_button["inputs"], by_button["outputs"])
     assert len(chatbots) == 2
-
-
-def test_both_panes_default_to_labelled_choices(demo_model_dir, tmp_path):
-    """With the demo model chosen in the Model tab, pane A shows the demo's label, not its folder."""
-    ctx = StudioContext(home=tmp_path, demo_dir=demo_model_dir)
-    state = {"checkpoint": str(demo_model_dir)}
-    default_a, default_b = default_models(ctx, state)
-    values = [value for _label, value in model_choices(ctx, state)]
-    assert default_a == default_b == DEMO_MODEL and default_a in values
 
 
 def test_image_upload_reaches_the_server_as_a_data_url(chat_app, tmp_path):
