@@ -43,14 +43,15 @@ class ModelShapes:
     tied ones once, and persistent buffers) in one dtype, from one meta build.
 
     `report` re-applies widths and the GPTQ layout to the few tensors they change: what neither
-    can change is added up once, here (`fixed`); `variable` holds the decoder layers' FFN weights
+    can change is added up once, here (`fixed`, (component, size) pairs); `variable` holds the decoder layers' FFN weights
     and the weights of the modules GPTQ may quantize, each as (component, tensor, (layer,
     projection) for an FFN weight else None, whether the studio's default `dynamic` rules quantize it).
+    Hashable, so a Gradio state holding it is hashed cheaply on every event.
     """
 
     tensors: tuple[TensorInfo, ...]
     layers: int
-    fixed: SizeReport = field(repr=False)
+    fixed: tuple[tuple[str, ComponentSize], ...] = field(repr=False)
     variable: tuple[tuple[str, TensorInfo, tuple[int, str] | None, bool], ...] = field(repr=False)
 
     def report(self, widths: Sequence[int] | None = None, quantize=None) -> SizeReport:
@@ -69,7 +70,7 @@ class ModelShapes:
         default_rules = dynamic == DEFAULT_DYNAMIC
         # Plain arithmetic: this runs on every edit of the plan editor. Per component:
         # [params, bytes, quantized params, quantized bytes], as in `tally_components`.
-        totals = {name: [size.params, size.bytes, size.quantized_params, size.quantized_bytes] for name, size in self.fixed.components.items()}
+        totals = {name: [size.params, size.bytes, size.quantized_params, size.quantized_bytes] for name, size in self.fixed}
         parts = dict.fromkeys(GPTQ_PARTS, 0)
         storage: dict[tuple[int, int], list[tuple[str, int]]] = {}  # (out, in) -> GPTQ bytes by part
         for component, tensor, ffn, quantized in self.variable:
@@ -141,7 +142,7 @@ def model_shapes(config, dtype: str = "bfloat16") -> ModelShapes:
         else:
             fixed.append((component, tensor))
     layers = len({ffn[0] for _, _, ffn, _ in variable if ffn is not None})
-    return ModelShapes(tuple(tensors), layers, tally_components(fixed), tuple(variable))
+    return ModelShapes(tuple(tensors), layers, tuple(tally_components(fixed).components.items()), tuple(variable))
 
 
 def _meta_model(config):

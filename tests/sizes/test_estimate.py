@@ -182,3 +182,10 @@ def test_tower_sizes_are_assumptions(e4b):
 def test_towers_cannot_be_given_twice(demo_model_dir):
     with pytest.raises(ValueError, match="vision_params: the config already defines the vision tower"):
         estimate(config_from_file(demo_model_dir), vision_params=10)
+
+
+def test_shapes_are_a_hashable_value(e4b):
+    """The model tab keeps them in a Gradio state, which hashes its value on every event."""
+    config, shapes, _plan = e4b
+    assert hash(shapes) == hash(model_shapes(config)) and shapes == model_shapes(config)
+    assert shapes != model_shapes(config, "float32")
