@@ -22,7 +22,7 @@ from studio.gptq.quantize import ModuleQuantRecord, QuantizeSettings
 from studio.sizes import config_from_file, estimate_stages, model_shapes
 from studio.ui.context import REFERENCE_CONFIG
 
-HIDDEN, LAYERS, WIDTH = 2560, 42, 10240
+LAYERS, WIDTH = 42, 10240
 
 
 @pytest.fixture(scope="module")
