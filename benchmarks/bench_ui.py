@@ -121,7 +121,7 @@ def concurrent_estimates(url: str, users: int, calls: int) -> tuple[list[float],
 def synthetic_payloads() -> dict[str, int]:
     import torch
 
-    from studio.model_summary import estimate_sizes, kv_roles, parameter_shapes
+    from studio.model_summary import kv_roles
     from studio.modeling import load_text_config, original_widths
     from studio.plans.plan import find_preset, load_plan
     from studio.plots import (
@@ -132,7 +132,8 @@ def synthetic_payloads() -> dict[str, int]:
         size_breakdown_figure,
         widths_figure,
     )
-    from studio.gptq.quantize import ModuleQuantRecord
+    from studio.gptq.quantize import ModuleQuantRecord, QuantizeSettings
+    from studio.sizes import config_from_file, estimate_stages, model_shapes
     from studio.ui.context import REFERENCE_CONFIG
 
     config = load_text_config(REFERENCE_CONFIG)
@@ -141,12 +142,12 @@ def synthetic_payloads() -> dict[str, int]:
     records = [ModuleQuantRecord(i, m, 1e-3, 256, 0.01, 0.1) for i in range(42)
                for m in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
     kinds = ["full" if t == "full_attention" else "sliding" for t in config.layer_types]
-    estimate = estimate_sizes(parameter_shapes(REFERENCE_CONFIG), plan.widths, plan.original)
+    stages = estimate_stages(model_shapes(config_from_file(REFERENCE_CONFIG)), plan.widths, QuantizeSettings())
     figures = {
         "scores": score_distribution_figure(score_summary(scores, plan.widths)),
         "widths": widths_figure(plan.widths, original_widths(config), kinds, kv_roles(config)),
         "gptq": gptq_loss_figure(records),
-        "sizes": size_breakdown_figure(estimate.bytes),
+        "sizes": size_breakdown_figure({stage: report.bytes_by_component() for stage, report in stages.items()}),
     }
     payloads = {name: figure_payload_bytes(fig) for name, fig in figures.items()}
     payloads["raw scores as JSON (not sent)"] = len(json.dumps([s.tolist() for s in scores]))

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import plotly.graph_objects as go
 
+from studio.sizes.components import COMPONENT_LABELS
+
 KEPT_COLOR = "#2a9d8f"
 PRUNED_COLOR = "#e76f51"
 THRESHOLD_COLOR = "#264653"
@@ -24,14 +26,18 @@ KV_LEGEND = {"own": "own KV", "stores": "stores KV for the tail", "shared": "reu
 BAR_WIDTH = 0.8  # in layers: every bar is one layer wide, whatever the layers around it
 JOB_COLORS = ("#219ebc", "#fb8500")  # the two jobs of a comparison
 STAGE_LABELS = {"original": "original", "pruned": "pruned", "quantized": "pruned + GPTQ"}
+# One colour per `studio.sizes.COMPONENTS` key.
 COMPONENT_COLORS = {
     "embeddings": "#6d597a",
-    "per-layer embeddings (PLE)": "#b56576",
+    "ple_embeddings": "#b56576",
     "attention": "#219ebc",
     "ffn": "#2a9d8f",
+    "ple_projections": "#e5989b",
     "norms": "#adb5bd",
-    "vision tower": "#e9c46a",
-    "audio tower": "#f4a261",
+    "lm_head": "#355070",
+    "vision_tower": "#e9c46a",
+    "audio_tower": "#f4a261",
+    "towers": "#f6bd60",
     "other": "#6c757d",
 }
 MEASURED_COLOR = "#212529"
@@ -268,6 +274,8 @@ def size_breakdown_figure(
 ) -> go.Figure:
     """Stacked bars of the estimate, original -> pruned -> quantized, one segment per component.
 
+    `bytes_by_stage` maps a stage to bytes per component (`studio.sizes.COMPONENTS` keys).
+
     `measured` (stage -> bytes of the checkpoint's weight files) adds a marker per stage, so what
     was estimated and what was written are told apart.
     """
@@ -281,11 +289,11 @@ def size_breakdown_figure(
     traces = [
         dict(
             type="bar",
-            name=component,
+            name=COMPONENT_LABELS[component],
             x=[STAGE_LABELS[s] for s in stages],
             y=[round(bytes_by_stage[s].get(component, 0) / scale, 4) for s in stages],
             marker_color=COMPONENT_COLORS.get(component),
-            hovertemplate="%{x}: " + component + " %{y:.3f} " + unit + " (estimated)<extra></extra>",
+            hovertemplate="%{x}: " + COMPONENT_LABELS[component] + " %{y:.3f} " + unit + " (estimated)<extra></extra>",
         )
         for component in components
     ]

@@ -128,10 +128,10 @@ def test_a_meta_build_waits_for_a_load_in_progress(demo_model_dir):
     a meta-device build in another thread waits, and then ties its head."""
     from transformers.initialization import no_tie_weights
 
-    from studio.model_summary import parameter_shapes
+    from studio.sizes import config_from_file, model_shapes
 
     shapes = {}
-    worker = threading.Thread(target=lambda: shapes.update(parameter_shapes(demo_model_dir)))
+    worker = threading.Thread(target=lambda: shapes.update((t.name, t.shape) for t in model_shapes(config_from_file(demo_model_dir)).tensors))
     with model_construction(), no_tie_weights():
         worker.start()
         worker.join(1.0)  # time for the build to run now, were it not waiting

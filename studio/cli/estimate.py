@@ -6,14 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-# What the gemma4-lite-round2 card claims (its "Compression Summary" and "Total Model Size").
-CARD_CLAIMS = {
-    "base_bytes": 16e9,
-    "export_bytes": 9.9e9,
-    "total_reduction": 0.38,
-    "ffn_params_removed": 0.15,
-    "quantized_modules_memory": 0.25,
-}
+from studio.sizes.card import CARD_CLAIMS
 
 
 def add_parser(subparsers) -> None:

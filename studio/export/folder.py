@@ -96,7 +96,7 @@ def _storage_dtype(config: dict, quantized: bool, dtype: str) -> str:
 
 def _sizes_before(folder: Path, base_model: str | Path | None, dtype: str) -> tuple[SizeReport, str]:
     """Sizes of the base model: measured when its folder is given, else estimated from the export's
-    config at the original widths (exact for the studio's checkpoints; see tests/test_sizes.py)."""
+    config at the original widths (exact for the studio's checkpoints; see tests/sizes/test_measure.py)."""
     if base_model is not None and Path(base_model).is_dir():
         return measure_checkpoint(base_model, float_dtype=dtype), (
             f"the base checkpoint's safetensors headers (floating-point tensors counted in {dtype})"

@@ -105,9 +105,10 @@ def analysis_summary(job_dir: str | Path, spec) -> dict:
     `spec` is the job's `JobSpec`. Parts whose stage has not finished are None.
     """
     from studio.flap.scores import standardize
-    from studio.model_summary import QuantSettings, attention_kinds, estimate_sizes, kv_roles, parameter_shapes
+    from studio.model_summary import attention_kinds, kv_roles
     from studio.modeling import load_text_config, original_widths
     from studio.plots import score_summary
+    from studio.sizes import config_from_file, estimate_stages, model_shapes
 
     outputs = job_outputs(job_dir)
     text_config = load_text_config(spec.model)
@@ -140,16 +141,9 @@ def analysis_summary(job_dir: str | Path, spec) -> dict:
     if records is not None:
         data["gptq"] = [{"layer": r.layer, "module": r.module, "loss": r.loss} for r in records]
     if widths is not None:
-        quant = spec.quantize
-        settings = QuantSettings(
-            enabled=quant is not None,
-            bits=quant.bits if quant else 4,
-            group_size=quant.group_size if quant else 128,
-            dtype_bytes=4 if spec.dtype == "float32" else 2,  # what the job saves unquantized tensors in
-        )
-        data["sizes"] = estimate_sizes(parameter_shapes(spec.model), widths, original, settings).bytes
-        if quant is None:
-            data["sizes"].pop("quantized")
+        # Unquantized tensors in the dtype the job saves them in.
+        stages = estimate_stages(model_shapes(config_from_file(spec.model), spec.dtype), widths, spec.quantize)
+        data["sizes"] = {stage: report.bytes_by_component() for stage, report in stages.items()}
     ppl = read_perplexity(outputs)
     if ppl is not None:
         # Jobs record every evaluated model under "models"; older records hold only the final one.

@@ -7,8 +7,9 @@ from pathlib import Path
 import gradio as gr
 
 from studio.model_source import check_checkpoint_folder, resolve_model
-from studio.model_summary import attention_kinds, kv_roles, load_full_config, parameter_shapes, structure_summary
+from studio.model_summary import attention_kinds, kv_roles, load_full_config, structure_summary
 from studio.modeling import load_text_config, original_widths
+from studio.sizes import COMPONENT_LABELS, ModelShapes, config_from_file, model_shapes
 from studio.ui.components import OpenDropdown
 from studio.ui.context import DEMO_MODEL, E4B_CONFIG_ONLY, ModelTab, Shared, StudioContext
 
@@ -38,14 +39,14 @@ def open_model(source: str | Path, ctx: StudioContext) -> dict:
         # A hub id: only config.json is fetched (or read from the local hub cache); jobs download the weights.
         config_path, checkpoint, label = hub_config_folder(source), source, f"{source} (hub)"
     load_full_config(config_path)  # fails early with a clear message
-    shapes = parameter_shapes(config_path)
+    shapes = model_shapes(config_from_file(config_path))  # the slow part: once per model, not per edit
     text_config = load_text_config(config_path)
     return {
         "source": str(source),
         "label": label,
         "config_path": str(config_path),
         "checkpoint": str(checkpoint) if checkpoint else None,
-        "shapes": {name: list(shape) for name, shape in shapes.items()},
+        "shapes": shapes,
         # Per layer, read once here so table edits and estimates need not parse the config again.
         "layers": {
             "attention": attention_kinds(text_config),
@@ -64,8 +65,8 @@ def layers_of_state(model_state: dict) -> dict[str, list]:
     return model_state["layers"]
 
 
-def shapes_of_state(model_state: dict) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(shape) for name, shape in model_state["shapes"].items()}
+def shapes_of_state(model_state: dict) -> ModelShapes:
+    return model_state["shapes"]
 
 
 def summary_markdown(model_state: dict) -> str:
@@ -93,7 +94,7 @@ def summary_markdown(model_state: dict) -> str:
         "|---|---:|---:|",
     ]
     for component, count in s["params_by_component"].items():
-        lines.append(f"| {component} | {count:,} | {count / s['total_params']:.1%} |")
+        lines.append(f"| {COMPONENT_LABELS[component]} | {count:,} | {count / s['total_params']:.1%} |")
     return "\n".join(lines)
 
 

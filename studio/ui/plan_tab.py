@@ -19,7 +19,8 @@ import gradio as gr
 
 from studio.jobs.results import job_outputs
 from studio.jobs.client import job_store
-from studio.model_summary import CARD_FIGURES, KV_ROLES, QuantSettings, estimate_sizes
+from studio.gptq.quantize import QuantizeSettings
+from studio.model_summary import KV_ROLES
 from studio.paths import presets_dir
 from studio.plans.plan import builtin_presets, read_preset, resolve_plan, save_plan, uniform_plan
 from studio.plans.table import (
@@ -33,6 +34,8 @@ from studio.plans.table import (
 )
 from studio.plots import size_breakdown_figure, widths_figure
 from studio.safety import SPEC_UPLOAD_MAX_BYTES, check_upload
+from studio.sizes import STAGES, estimate_stages
+from studio.sizes.card import CARD_CLAIMS
 from studio.ui import access
 from studio.ui.components import OpenDropdown
 from studio.ui.context import CARD_PRESET, E4B_CONFIG_ONLY, PlanTab, Shared, StudioContext, cached_plot
@@ -142,50 +145,54 @@ def edit_plan(table, plan_state, model_state):
     return table_value(result.plan, model_state), state, message
 
 
-def _quant_settings(quantize: bool, bits, group_size) -> QuantSettings:
-    """GPTQ settings from the form; the dropdowns send strings, API callers may send numbers."""
+def _quant_settings(quantize: bool, bits, group_size) -> QuantizeSettings | None:
+    """GPTQ settings from the form (None: no GPTQ); the dropdowns send strings, API callers may send numbers."""
     values = {}
     for field, value, choices in (("bits", bits, BITS_CHOICES), ("group_size", group_size, GROUP_SIZE_CHOICES)):
         if str(value) not in choices:
             raise ValueError(f"{field}: one of {', '.join(choices)}, got {value!r}")
         values[field] = int(value)
-    return QuantSettings(enabled=bool(quantize), **values)
+    return QuantizeSettings(**values) if quantize else None
 
 
-def estimate_markdown(est, quant: QuantSettings, e4b: bool) -> str:
+def estimate_markdown(est: dict, e4b: bool) -> str:
+    """`est`: `studio.sizes.estimate_stages` of the plan; without GPTQ, the last column has no size."""
+    original, pruned, quantized = est["original"], est["pruned"], est.get("quantized")
     gb = lambda b: f"{b / 1e9:.3f} GB" if b >= 1e8 else f"{b / 1e6:.2f} MB"  # noqa: E731
     p = lambda n: f"{n / 1e9:.3f} B" if n >= 1e8 else f"{n / 1e6:.3f} M"  # noqa: E731
     rows = [
         "| estimated from the config | original | pruned | pruned + GPTQ |",
         "|---|---:|---:|---:|",
-        f"| FFN parameters | {p(est.params['original']['ffn'])} | {p(est.params['pruned']['ffn'])} | "
-        f"{p(est.params['quantized']['ffn'])} |",
-        f"| total parameters | {p(est.total_params('original'))} | {p(est.total_params('pruned'))} | "
-        f"{p(est.total_params('quantized'))} |",
-        f"| checkpoint size | {gb(est.total_bytes('original'))} | {gb(est.total_bytes('pruned'))} | "
-        f"{gb(est.total_bytes('quantized')) if quant.enabled else 'no GPTQ'} |",
+        # GPTQ changes bytes, not parameters: the last column's parameters are the pruned model's.
+        f"| FFN parameters | {p(original.component('ffn').params)} | {p(pruned.component('ffn').params)} | "
+        f"{p(pruned.component('ffn').params)} |",
+        f"| total parameters | {p(original.params)} | {p(pruned.params)} | {p(pruned.params)} |",
+        f"| checkpoint size | {gb(original.tensor_bytes)} | {gb(pruned.tensor_bytes)} | "
+        f"{gb(quantized.tensor_bytes) if quantized else 'no GPTQ'} |",
         "",
-        f"FFN parameters removed: **{est.ffn_params_removed:.1%}**.",
+        f"FFN parameters removed: **{1 - pruned.component('ffn').params / original.component('ffn').params:.1%}**.",
     ]
     if e4b:
         # "\~": a bare "~" pair reads as strikethrough in Markdown.
         rows += [
             "",
-            f"Card figures for E4B: original \\~{CARD_FIGURES['original_checkpoint_gb']} GB, compressed "
-            f"\\~{CARD_FIGURES['compressed_checkpoint_gb']} GB, \"\\~{CARD_FIGURES['ffn_params_removed_claim']:.0%} "
+            f"Card figures for E4B: original \\~{CARD_CLAIMS['base_bytes'] / 1e9} GB, compressed "
+            f"\\~{CARD_CLAIMS['export_bytes'] / 1e9} GB, \"\\~{CARD_CLAIMS['ffn_params_removed']:.0%} "
             "FFN parameters\" (its own width table gives 10.7%). The estimate here covers the language "
             "model only: the published text config has no vision or audio tower (the card's totals include them).",
         ]
     return "\n".join(rows)
 
 
-def estimate_view(plan_state, model_state, quant: QuantSettings) -> tuple:
+def estimate_view(plan_state, model_state, quant: QuantizeSettings | None) -> tuple:
     """Markdown, size figure and width figure of a plan (plain values, cached by the caller)."""
     plan = plan_from_state(plan_state)
     layers = layers_of_state(model_state)
-    est = estimate_sizes(shapes_of_state(model_state), plan.widths, plan.original, quant)
+    est = estimate_stages(shapes_of_state(model_state), plan.widths, quant)
+    # Without GPTQ the third bar repeats the pruned model, as the table's last column does.
+    sizes = {stage: est.get(stage, est["pruned"]).bytes_by_component() for stage in STAGES}
     widths = widths_figure(plan.widths, layers["original"], layers["attention"], layers["kv"])
-    return estimate_markdown(est, quant, model_state["source"] == E4B_CONFIG_ONLY), size_breakdown_figure(est.bytes), widths
+    return estimate_markdown(est, model_state["source"] == E4B_CONFIG_ONLY), size_breakdown_figure(sizes), widths
 
 
 def estimate(plan_state, model_state, quantize: bool, bits: str, group_size: str, ctx: StudioContext):
@@ -200,7 +207,7 @@ def estimate(plan_state, model_state, quantize: bool, bits: str, group_size: str
         quant = _quant_settings(quantize, bits, group_size)
     except ValueError as err:  # only an API caller can send another value than the dropdowns hold
         raise gr.Error(str(err)) from err
-    key = (model_state["config_path"], model_state["source"], tuple(plan_state["widths"]), quant)
+    key = (model_state["config_path"], model_state["source"], tuple(plan_state["widths"]), quant and (quant.bits, quant.group_size))
 
     def compute():
         markdown, sizes, widths = estimate_view(plan_state, model_state, quant)

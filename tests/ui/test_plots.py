@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from studio.model_summary import QuantSettings, attention_kinds, estimate_sizes, kv_roles, parameter_shapes, structure_summary
+from studio.model_summary import attention_kinds, kv_roles
 from studio.modeling import load_text_config, original_widths
 from studio.plans.plan import find_preset, load_plan
 from studio.plots import (
@@ -18,54 +18,23 @@ from studio.plots import (
     size_breakdown_figure,
     widths_figure,
 )
-from studio.gptq.quantize import ModuleQuantRecord
+from studio.gptq.quantize import ModuleQuantRecord, QuantizeSettings
+from studio.sizes import config_from_file, estimate_stages, model_shapes
 from studio.ui.context import REFERENCE_CONFIG
 
-HIDDEN, LAYERS, WIDTH = 2560, 42, 10240
+LAYERS, WIDTH = 42, 10240
 
 
 @pytest.fixture(scope="module")
 def e4b():
     config = load_text_config(REFERENCE_CONFIG)
-    return config, parameter_shapes(REFERENCE_CONFIG), load_plan(find_preset("gemma4-lite-round2"), config)
+    return config, model_shapes(config_from_file(REFERENCE_CONFIG)), load_plan(find_preset("gemma4-lite-round2"), config)
 
 
-def test_structure_summary_of_e4b(e4b):
-    config, shapes, _plan = e4b
-    summary = structure_summary(config, shapes)
-    assert summary["layers"] == LAYERS and summary["attention"] == {"sliding": 35, "full": 7}
-    assert summary["kv_shared_layers"] == list(range(24, 42))
-    assert summary["params_by_component"]["ffn"] == 3 * HIDDEN * WIDTH * LAYERS
-    assert summary["params_by_component"]["embeddings"] == 262144 * HIDDEN
-
-
-def test_size_estimate_of_the_card_plan(e4b):
-    config, shapes, plan = e4b
-    estimate = estimate_sizes(shapes, plan.widths, plan.original, QuantSettings(bits=4, group_size=128))
-    kept = sum(plan.widths)
-    assert estimate.params["pruned"]["ffn"] == 3 * HIDDEN * kept + LAYERS * HIDDEN  # a bias in every layer
-    assert estimate.ffn_params_removed == pytest.approx(46080 / 430080, abs=1e-4)
-    # GPTQ bytes of one pruned layer's down_proj (in = 8192, out = 2560): packed weight, fp16 scales,
-    # packed zeros, int32 g_idx.
-    down = 8192 * HIDDEN // 2 + 64 * HIDDEN * 2 + 64 * HIDDEN // 2 + 8192 * 4
-    gate = HIDDEN * 8192 // 2 + 20 * 8192 * 2 + 20 * 8192 // 2 + HIDDEN * 4
-    assert down < 8192 * HIDDEN * 2 / 3.5 and gate < HIDDEN * 8192 * 2 / 3.5
-    unquantized = estimate.bytes["pruned"]["embeddings"] + estimate.bytes["pruned"]["per-layer embeddings (PLE)"]
-    assert estimate.bytes["quantized"]["embeddings"] + estimate.bytes["quantized"]["per-layer embeddings (PLE)"] == unquantized
-    assert 9.0e9 < estimate.total_bytes("quantized") < 9.9e9  # text model only; the card's 9.9 GB has towers
-
-
-def test_estimate_agrees_with_studio_sizes(e4b):
-    from studio import sizes
-    from studio.gptq.quantize import QuantizeSettings
-
-    config, shapes, plan = e4b
-    mine = estimate_sizes(shapes, plan.widths, plan.original, QuantSettings(bits=4, group_size=128))
-    for stage, stage_plan, quantize in (("original", None, None), ("pruned", plan, None), ("quantized", plan, QuantizeSettings())):
-        report = sizes.estimate(config, stage_plan, quantize)
-        assert mine.total_params(stage) == report.params, stage
-        assert mine.total_bytes(stage) == report.tensor_bytes, stage
-        assert mine.params[stage]["ffn"] == report.components["ffn"].params, stage
+def bytes_by_stage(shapes, plan) -> dict[str, dict[str, int]]:
+    """What the plan tab plots: bytes per component, original -> pruned -> pruned + GPTQ W4 g128."""
+    stages = estimate_stages(shapes, plan.widths, QuantizeSettings())
+    return {stage: report.bytes_by_component() for stage, report in stages.items()}
 
 
 def test_plots_of_a_42_by_10240_model_ship_well_under_1mb(e4b):
@@ -77,13 +46,13 @@ def test_plots_of_a_42_by_10240_model_ship_well_under_1mb(e4b):
     assert summary[0]["pruned"]["max"] <= summary[0]["threshold"] == summary[0]["kept"]["min"]
     records = [ModuleQuantRecord(i, m, 1e-3 * (i + 1), 256, 0.01, 0.1) for i in range(LAYERS)
                for m in ("self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
-    estimate = estimate_sizes(shapes, plan.widths, plan.original)
+    sizes_by_stage = bytes_by_stage(shapes, plan)
     kinds = ["full" if t == "full_attention" else "sliding" for t in config.layer_types]
     figures = [
         score_distribution_figure(summary),
         widths_figure(plan.widths, original_widths(config), kinds, kv_roles(config)),
         gptq_loss_figure(records),
-        size_breakdown_figure(estimate.bytes),
+        size_breakdown_figure(sizes_by_stage),
     ]
     sizes = [figure_payload_bytes(f) for f in figures]
     assert sum(sizes) < 100_000, sizes  # raw scores alone would be 42 x 10240 floats (several MB of JSON)
@@ -197,10 +166,9 @@ def test_the_figures_built_without_plotly_validation_are_valid(e4b):
     import plotly.graph_objects as go
 
     config, shapes, plan = e4b
-    estimate = estimate_sizes(shapes, plan.widths, plan.original)
     figures = [
         widths_figure(plan.widths, original_widths(config), attention_kinds(config), kv_roles(config)),
-        size_breakdown_figure(estimate.bytes, measured={"pruned": 14_000_000_000}),
+        size_breakdown_figure(bytes_by_stage(shapes, plan), measured={"pruned": 14_000_000_000}),
     ]
     for figure in figures:
         validated = go.Figure(figure.to_dict())  # raises ValueError on any invalid property or value
