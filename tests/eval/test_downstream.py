@@ -294,6 +294,28 @@ def test_a_job_scores_its_tasks_on_the_base_and_pruned_models(demo, demo_model_d
         assert scores["loglikelihood"] == pytest.approx(loglikelihood, abs=LOGLIKELIHOOD_TOLERANCE)
     assert summary["tasks"]["base"] != summary["tasks"]["pruned"]
 
+    # The Analysis tab: the job's task scores per stage, and its quality beside a job without compensation.
+    from studio.ui.analysis_tab import quality_figures
+    from studio.ui.context import StudioContext
+
+    other_spec = parse_spec(small_spec(demo_model_dir, output="no-compensation", evaluate=evaluate,
+                                       flap={"compensation": "none"}), base_dir=path.parent)
+    other_id, status = run_in_process(other_spec, home=tmp_path, device="cpu")
+    assert status == "done"
+    tasks_figure, compare = quality_figures(job_id, other_id, StudioContext(home=tmp_path, demo_dir=demo_model_dir))
+    assert [t.text for t in tasks_figure.layout.annotations] == [
+        "fact_recall acc (higher is better)", "fact_recall loglikelihood (higher is better)"]
+    assert [t.text for t in compare.layout.annotations] == [
+        "perplexity (lower is better)", "fact_recall acc (higher is better)", "fact_recall loglikelihood (higher is better)"]
+    other = quality_summary(job_outputs(store.job_dir(other_id)), other_spec)
+    bars = {(t.name, t.xaxis): dict(zip(t.x, t.y)) for t in compare.data}
+    for axis, metric in (("x2", "acc"), ("x3", "loglikelihood")):
+        for name, job in (("demo-lite", summary), ("no-compensation", other)):
+            assert bars[(name, axis)] == {stage: job["tasks"][stage][FACT_RECALL][metric] for stage in ("base", "pruned")}
+    # Same base model, same numbers; the pruned models differ by their compensation.
+    assert bars[("demo-lite", "x3")]["base"] == bars[("no-compensation", "x3")]["base"]
+    assert bars[("demo-lite", "x3")]["pruned"] != bars[("no-compensation", "x3")]["pruned"]
+
 
 def test_a_spec_names_the_bad_task(demo_model_dir, tmp_path):
     from studio.jobs.spec import parse_spec
@@ -303,3 +325,25 @@ def test_a_spec_names_the_bad_task(demo_model_dir, tmp_path):
         parse_spec(small_spec(demo_model_dir, evaluate={"tasks": ["fact_recall"]}), base_dir=tmp_path)
     with pytest.raises(ValueError, match="^evaluate.tasks: must be a list of task names, got 3"):
         parse_spec(small_spec(demo_model_dir, evaluate={"tasks": 3}), base_dir=tmp_path)
+
+
+def test_eval_cli_prints_task_scores(demo, demo_model_dir, recall_set, capsys):
+    from studio.cli import main
+
+    path, records = recall_set
+    assert main(["eval", "--model", str(demo_model_dir), "--tasks", f"{FACT_RECALL}={path}"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"model", "tasks"}
+    acc, loglikelihood = by_hand(*demo, records)
+    assert result["tasks"][FACT_RECALL]["acc"] == pytest.approx(acc, abs=1e-12)
+    assert result["tasks"][FACT_RECALL]["loglikelihood"] == pytest.approx(loglikelihood, abs=LOGLIKELIHOOD_TOLERANCE)
+    with EchoLogprobServer(*demo) as server:
+        argv = ["eval", "--model", str(demo_model_dir), "--tasks", f"{FACT_RECALL}={path}", "--server", server.url]
+        assert main(argv) == 0
+    served = json.loads(capsys.readouterr().out)
+    assert served["server"] == server.url and server.requests[0][1]["model"] == demo_model_dir.name
+    assert served["tasks"][FACT_RECALL]["acc"] == result["tasks"][FACT_RECALL]["acc"]
+    assert main(["eval", "--model", str(demo_model_dir)]) == 2
+    assert "text: give --text (perplexity), --tasks (lm-eval), or both" in capsys.readouterr().err
+    assert main(["eval", "--model", str(demo_model_dir), "--tasks", "fact_recall"]) == 2
+    assert "tasks: fact_recall needs its recall file" in capsys.readouterr().err
