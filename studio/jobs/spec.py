@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from studio.calibration import CalibrationSpec
-from studio.eval.downstream import parse_tasks
 from studio.flap.settings import FlapSettings
 from studio.model_source import HUB_ID
 from studio.paths import presets_dir
@@ -260,6 +259,8 @@ def _gptq(section: dict) -> GptqSettings:
 
 
 def _evaluate(section: dict, base: Path) -> EvalSettings:
+    from studio.eval.downstream import parse_tasks
+
     _reject_unknown("evaluate.", section, ("source", "seqlen", "stride", "max_tokens", "batch_size", "tasks"))
     defaults = EvalSettings()
     seqlen = section.get("seqlen", defaults.seqlen)
