@@ -199,14 +199,8 @@ def hf_lm(model, tokenizer, batch_size: int = 1):
 
     from studio.calibration import leading_bos
 
-    device = next(model.parameters()).device
-    return HFLM(
-        pretrained=model,
-        tokenizer=tokenizer,
-        batch_size=batch_size,
-        device=str(device),
-        add_bos_token=leading_bos(tokenizer) is not None,
-    )
+    # A loaded model stays where it is: HFLM feeds its batches to `model.device`.
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=leading_bos(tokenizer) is not None)
 
 
 def evaluate_model_tasks(model, tokenizer, tasks, batch_size: int = 1, limit: int | None = None,
