@@ -128,8 +128,8 @@ def _task_specs(tasks: tuple[str, ...] | list[str]) -> list:
 
 
 def _load_tasks(tasks, field: str = "tasks") -> tuple[Any, dict]:
-    """lm-eval's task manager and Task objects for the entries; a name lm-eval does not know, or whose data set cannot
-    be loaded (no hub access), is a ValueError naming the field and the task."""
+    """lm-eval's task manager and Task objects for the entries; a name lm-eval does not know, or one
+    whose data set cannot be loaded (no hub access), is a ValueError naming the field and the task."""
     from lm_eval.tasks import TaskManager
 
     names = [t for t in tasks if task_name(t) != FACT_RECALL]
@@ -200,7 +200,8 @@ def hf_lm(model, tokenizer, batch_size: int = 1):
     from studio.calibration import leading_bos
 
     # A loaded model stays where it is: HFLM feeds its batches to `model.device`.
-    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=leading_bos(tokenizer) is not None)
+    bos = leading_bos(tokenizer) is not None
+    return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, add_bos_token=bos)
 
 
 def evaluate_model_tasks(model, tokenizer, tasks, batch_size: int = 1, limit: int | None = None,
@@ -245,4 +246,5 @@ def task_results(model, checkpoint: str | Path, tasks, batch_size: int = 1) -> d
         return {}
     from studio.eval.loading import load_eval_tokenizer
 
-    return {"tasks": evaluate_model_tasks(model, load_eval_tokenizer(checkpoint), tasks, batch_size, field="evaluate.tasks")}
+    tokenizer = load_eval_tokenizer(checkpoint)
+    return {"tasks": evaluate_model_tasks(model, tokenizer, tasks, batch_size, field="evaluate.tasks")}

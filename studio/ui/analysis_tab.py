@@ -136,7 +136,9 @@ def quality_figures(job_a: str, job_b: str | None, ctx: StudioContext) -> list:
     except ValueError:
         return [None, None]  # the status line of `show` says what is wrong
     tasks = quality_metrics(None, a["tasks"])
-    tasks_figure = quality_metrics_figure([(a["output"], tasks)], f"{a['output']}: lm-eval task scores") if tasks else None
+    tasks_figure = None
+    if tasks:
+        tasks_figure = quality_metrics_figure([(a["output"], tasks)], f"{a['output']}: lm-eval task scores")
     compare = None
     if b is not None:
         names = (a["output"], b["output"]) if a["output"] != b["output"] else (f"{a['output']} (A)", f"{b['output']} (B)")
