@@ -393,6 +393,99 @@ def quality_figure(perplexities: dict[str, float | None], title: str = "Perplexi
     return _figure(bars, title, xaxis={}, yaxis=dict(title="perplexity", range=_absolute_range([perplexities])))
 
 
+# Metrics whose direction is known: perplexity falls as quality rises, the lm-eval scores here rise.
+LOWER_IS_BETTER = ("perplexity",)
+HIGHER_IS_BETTER = ("acc", "acc_norm", "loglikelihood", "exact_match", "f1")
+
+
+def quality_metrics(perplexity: dict | None, tasks: dict | None) -> dict[str, dict[str, tuple[float, float | None]]]:
+    """Every quality metric of a job by model stage: {"perplexity": {stage: (ppl, None)}, "TASK METRIC":
+    {stage: (value, stderr or None)}}, from `studio.jobs.results.quality_summary`'s two parts."""
+    from studio.jobs.results import EVALUATED_STAGES
+
+    metrics: dict[str, dict[str, tuple[float, float | None]]] = {}
+    if perplexity:
+        measured = {stage: (perplexity[stage], None) for stage in EVALUATED_STAGES if perplexity.get(stage) is not None}
+        if measured:
+            metrics["perplexity"] = measured
+    for stage in EVALUATED_STAGES:
+        for task, scores in ((tasks or {}).get(stage) or {}).items():
+            for metric, value in scores.items():
+                if metric == "samples" or metric.endswith("_stderr"):
+                    continue
+                metrics.setdefault(f"{task} {metric}", {})[stage] = (value, scores.get(f"{metric}_stderr"))
+    return metrics
+
+
+def _metric_title(label: str) -> str:
+    metric = label.rsplit(" ", 1)[-1]
+    if metric in LOWER_IS_BETTER:
+        return f"{label} (lower is better)"
+    return f"{label} (higher is better)" if metric in HIGHER_IS_BETTER else label
+
+
+def _metric_bars(values: dict[str, tuple[float, float | None]], name: str, color: str) -> dict:
+    """One bar per evaluated stage, with lm-eval's standard error as the error bar where there is one."""
+    stages = list(values)
+    errors = [values[s][1] for s in stages]
+    bar = dict(
+        type="bar",
+        name=name,
+        x=stages,
+        y=[values[s][0] for s in stages],
+        marker=dict(color=color),
+        legendgroup=name,
+        hovertemplate=f"{name}: %{{x}} %{{y:.4g}}<extra></extra>",
+    )
+    if any(e is not None for e in errors):
+        bar["error_y"] = dict(type="data", array=[e or 0 for e in errors], visible=True)
+    return bar
+
+
+def _metric_grid(metrics: list[str], title: str, height_per_row: int = 300):
+    from plotly.subplots import make_subplots
+
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = make_subplots(rows=rows, cols=cols, subplot_titles=[_metric_title(m) for m in metrics],
+                        vertical_spacing=min(0.3, 0.5 / rows), horizontal_spacing=0.08,
+                        figure=go.Figure(layout={"template": {}}))
+    fig.update_layout(_layout_settings(title, height=120 + height_per_row * rows, barmode="group",
+                                       margin=dict(l=60, r=20, t=90, b=50)))
+    return fig, cols
+
+
+def _zoom_to_values(fig: go.Figure, values: list[float], row: int, col: int) -> None:
+    """Perplexities and log-likelihoods sit far from 0: an axis around the values shows their gaps."""
+    low, high = min(values), max(values)
+    pad = max((high - low) * 0.25, abs(high) * 0.005, 1e-6)
+    fig.update_yaxes(range=[low - pad, high + pad], row=row, col=col)
+
+
+def quality_metrics_figure(jobs: Sequence[tuple[str, dict]], title: str) -> go.Figure:
+    """One panel per quality metric (perplexity, then each lm-eval task metric), model stage on the
+    x axis, one bar group per job. `jobs` is (name, `quality_metrics(...)`) pairs: one job shows its
+    stages, two compare them stage by stage. Metrics no job has are left out."""
+    labels = list(dict.fromkeys(label for _, metrics in jobs for label in metrics))
+    if not labels:
+        raise ValueError("quality figure: no perplexity or task scores to show")
+    fig, cols = _metric_grid(labels, title)
+    for index, label in enumerate(labels):
+        row, col = index // cols + 1, index % cols + 1
+        shown = []
+        for (name, metrics), color in zip(jobs, JOB_COLORS if len(jobs) > 1 else (KEPT_COLOR,)):
+            if label in metrics:
+                bar = _metric_bars(metrics[label], name, color)
+                bar["showlegend"] = index == 0 and len(jobs) > 1
+                fig.add_trace(bar, row=row, col=col)
+                shown += [v for v, _ in metrics[label].values()]
+        if label.rsplit(" ", 1)[-1] not in ("acc", "acc_norm", "exact_match", "f1"):  # scores in [0, 1] keep 0
+            _zoom_to_values(fig, shown, row, col)
+    fig.update_xaxes(**AXIS_STYLE)
+    fig.update_yaxes(**AXIS_STYLE)
+    return fig
+
+
 def _mean_log_loss(records: Sequence[dict]) -> tuple[list[int], list[float]]:
     """Per layer, the mean log10 GPTQ loss over its modules (positive losses only)."""
     by_layer: dict[int, list[float]] = {}

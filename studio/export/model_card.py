@@ -2,7 +2,7 @@
 
 Every number in the card comes from data: the per-layer widths from config.json, the sizes from the
 safetensors headers (`studio.sizes`), the GPTQ settings from quantize_config.json, the per-module
-error from quant_log.csv and, when given, evaluation results. Nothing is copied from the reference
+error from quant_log.csv and, when given, evaluation results (perplexity, and lm-eval task scores). Nothing is copied from the reference
 card's prose.
 
 The card is what `push` publishes, so it names things instead of pointing at this machine: the
@@ -278,6 +278,39 @@ def _evaluation_section(evaluation: Mapping[str, Mapping] | None) -> list[str]:
             f"| {name} | {result['ppl']:.4f} | {result['nll']:.4f} | {result['tokens']:,} | "
             f"{result.get('seqlen', '-')} | {result.get('stride', '-')} |"
         )
+    return [*lines, "", *_tasks_section(evaluation)]
+
+
+def _tasks_section(evaluation: Mapping[str, Mapping]) -> list[str]:
+    """lm-eval task scores (each model's `tasks`, as `studio.eval.downstream` reports them): one row per
+    task and metric, one column per model, each value with its standard error."""
+    models = [name for name, result in evaluation.items() if result.get("tasks")]
+    if not models:
+        return []
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    samples: dict[str, int] = {}
+    for model in models:
+        for task, metrics in evaluation[model]["tasks"].items():
+            if "samples" in metrics:
+                samples[task] = int(metrics["samples"])
+            for metric, value in metrics.items():
+                if metric == "samples" or metric.endswith("_stderr"):
+                    continue
+                stderr = metrics.get(f"{metric}_stderr")
+                rows.setdefault((task, metric), {})[model] = f"{value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else "")
+    lines = [
+        "### Downstream tasks (lm-evaluation-harness)",
+        "",
+        "Scores from lm-eval (± its standard error over the task's examples). `fact_recall`: acc is the share of "
+        "facts whose answer is the model's greedy continuation of the prompt, loglikelihood the answer's mean "
+        "summed log-probability (nats).",
+        "",
+        "| Task | Metric | " + " | ".join(models) + " |",
+        "|---|---|" + "---:|" * len(models),
+    ]
+    for (task, metric), values in rows.items():
+        name = f"{task} ({samples[task]} examples)" if task in samples else task
+        lines.append(f"| {name} | {metric} | " + " | ".join(values.get(m, "-") for m in models) + " |")
     return [*lines, ""]
 
 

@@ -2,7 +2,7 @@
 
 A job folder holds one sub-folder per finished stage (see `studio.jobs.stages`): the FLAP statistics
 and scores, the pruned checkpoint with its `prune_summary.json`, the quantized checkpoint with
-`quant_log.csv`, the export record and the perplexity. Each reader returns None when that stage has
+`quant_log.csv`, the export record and the evaluation (perplexity and lm-eval task scores of each evaluated model). Each reader returns None when that stage has
 not produced its output (yet, or because the spec skipped it).
 """
 
@@ -15,6 +15,8 @@ from pathlib import Path
 STATS_FILE = "flap_stats.safetensors"
 SUMMARY_FILE = "prune_summary.json"
 QUANT_LOG_FILE = "quant_log.csv"
+# The models a job's evaluation compares, in pipeline order.
+EVALUATED_STAGES = ("base", "pruned", "compressed")
 
 
 @dataclass(frozen=True)
@@ -144,11 +146,20 @@ def analysis_summary(job_dir: str | Path, spec) -> dict:
         # Unquantized tensors in the dtype the job saves them in.
         stages = estimate_stages(model_shapes(config_from_file(spec.model), spec.dtype), widths, spec.quantize)
         data["sizes"] = {stage: report.bytes_by_component() for stage, report in stages.items()}
-    ppl = read_perplexity(outputs)
-    if ppl is not None:
-        # Jobs record every evaluated model under "models"; older records hold only the final one.
-        by_model = ppl.get("models") or {("compressed" if spec.quantize is not None else "pruned"): ppl}
-        data["perplexity"] = {
-            label: by_model[label]["ppl"] if label in by_model else None for label in ("base", "pruned", "compressed")
-        }
+    data.update(quality_summary(outputs, spec))
     return data
+
+
+def quality_summary(outputs: JobOutputs, spec) -> dict:
+    """{"perplexity": {stage: ppl or None}, "tasks": {stage: {task: {metric: value}}} or None} of the
+    evaluated models (stages base, pruned, compressed); both None when the job has not evaluated."""
+    ppl = read_perplexity(outputs)
+    if ppl is None:
+        return {"perplexity": None, "tasks": None}
+    # Jobs record every evaluated model under "models"; older records hold only the final one.
+    by_model = ppl.get("models") or {("compressed" if spec.quantize is not None else "pruned"): ppl}
+    tasks = {label: by_model[label]["tasks"] for label in EVALUATED_STAGES if by_model.get(label, {}).get("tasks")}
+    return {
+        "perplexity": {label: by_model[label]["ppl"] if label in by_model else None for label in EVALUATED_STAGES},
+        "tasks": tasks or None,
+    }

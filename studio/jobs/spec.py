@@ -53,6 +53,7 @@ class EvalSettings:
     stride: int | None = None
     max_tokens: int | None = None
     batch_size: int = 1
+    tasks: tuple[str, ...] = ()  # lm-eval tasks (studio.eval.downstream.parse_tasks)
 
 
 @dataclass(frozen=True)
@@ -245,7 +246,9 @@ def _gptq(section: dict) -> GptqSettings:
 
 
 def _evaluate(section: dict, base: Path) -> EvalSettings:
-    _reject_unknown("evaluate.", section, ("source", "seqlen", "stride", "max_tokens", "batch_size"))
+    from studio.eval.downstream import parse_tasks
+
+    _reject_unknown("evaluate.", section, ("source", "seqlen", "stride", "max_tokens", "batch_size", "tasks"))
     defaults = EvalSettings()
     seqlen = section.get("seqlen", defaults.seqlen)
     if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
@@ -262,6 +265,7 @@ def _evaluate(section: dict, base: Path) -> EvalSettings:
         stride=stride,
         max_tokens=max_tokens,
         batch_size=_positive_int("evaluate.batch_size", section.get("batch_size", defaults.batch_size)),
+        tasks=parse_tasks(section.get("tasks", []), base, "evaluate.tasks"),
     )
 
 

@@ -265,8 +265,9 @@ def evaluate(ctx: StageContext, out: Path) -> None:
             # One progress bar over all models: model `index` covers its share of the batches.
             progress=lambda done, total, i=index: ctx.progress(i * total + done, len(checkpoints) * total, "batches"),
         )
+        # lm-eval tasks (evaluate.tasks) on the same loaded model, beside its perplexity.
+        results[label] = {**result.to_dict(), **eval_module.task_results(model, checkpoint, settings.tasks, settings.batch_size)}
         del model
-        results[label] = result.to_dict()
         log.info("perplexity (%s): %.4f over %d tokens", label, result.ppl, result.tokens)
     final_label = checkpoints[-1][0]
     (out / "perplexity.json").write_text(json.dumps({**results[final_label], "models": results}, indent=2) + "\n")

@@ -1,5 +1,9 @@
 """Analysis tab: scores, widths, GPTQ loss, sizes and quality of a job, and two jobs compared.
 
+Quality is both metrics per model stage (base, pruned, compressed): perplexity, and the lm-eval task
+scores (such as fact recall) when the job's evaluation ran tasks; with a second job, every metric of
+the two jobs side by side, stage by stage.
+
 A figure with nothing to show is hidden rather than left as an empty box; the status line says
 which results are missing and why (not run by the job, or not finished yet).
 """
@@ -12,13 +16,15 @@ from types import SimpleNamespace
 
 import gradio as gr
 
-from studio.jobs.results import analysis_summary
+from studio.jobs.results import analysis_summary, job_outputs, quality_summary
 from studio.jobs.client import job_store
 from studio.jobs.store import FINAL_STATUSES, UnknownJob
 from studio.plots import (
     compare_jobs_figure,
     gptq_loss_figure,
     quality_figure,
+    quality_metrics,
+    quality_metrics_figure,
     score_distribution_figure,
     size_breakdown_figure,
     widths_figure,
@@ -109,6 +115,43 @@ def show(job_a: str, job_b: str | None, ctx: StudioContext):
     return [status, *shown, [figure is not None for figure in shown]]
 
 
+def job_quality(job_id: str, ctx: StudioContext) -> dict:
+    """A job's output name, perplexity and task scores by model stage (`quality_summary`)."""
+    store = job_store(ctx.home)
+    try:
+        spec = store.spec(job_id)
+    except (UnknownJob, FileNotFoundError) as err:
+        raise ValueError(f"job: no job {job_id!r}") from err
+    return {"output": spec.output, **quality_summary(job_outputs(store.job_dir(job_id)), spec)}
+
+
+def quality_figures(job_a: str, job_b: str | None, ctx: StudioContext) -> list:
+    """[job_a's lm-eval task scores per stage, job_a vs job_b on every quality metric] (None where
+    there is nothing to draw: no tasks run, no second job, neither job evaluated)."""
+    if not job_a:
+        return [None, None]
+    try:
+        a = job_quality(job_a, ctx)
+        b = job_quality(job_b, ctx) if job_b and job_b != job_a else None
+    except ValueError:
+        return [None, None]  # the status line of `show` says what is wrong
+    tasks = quality_metrics(None, a["tasks"])
+    tasks_figure = None
+    if tasks:
+        tasks_figure = quality_metrics_figure([(a["output"], tasks)], f"{a['output']}: lm-eval task scores")
+    compare = None
+    if b is not None:
+        names = (a["output"], b["output"]) if a["output"] != b["output"] else (f"{a['output']} (A)", f"{b['output']} (B)")
+        jobs = [(name, quality_metrics(job["perplexity"], job["tasks"])) for name, job in zip(names, (a, b))]
+        if any(metrics for _, metrics in jobs):
+            compare = quality_metrics_figure(jobs, f"Quality: {names[0]} vs {names[1]}, per model stage")
+    return [tasks_figure, compare]
+
+
+def show_quality(job_a: str, job_b: str | None, ctx: StudioContext) -> list:
+    return [gr.update(value=figure, visible=figure is not None) for figure in quality_figures(job_a, job_b, ctx)]
+
+
 def job_choices(ctx: StudioContext):
     states = list(reversed(job_store(ctx.home).all_jobs()))
     return [(f"{s['output']} · {s['status']} · {s['id']}", s["id"]) for s in states]
@@ -132,6 +175,9 @@ def create_ui(ctx: StudioContext, shared: Shared) -> AnalysisTab:
     with gr.Row():
         quality_plot = gr.Plot(label="Quality", elem_id="plot-quality", visible=False)
         compare_plot = gr.Plot(label="Comparison", elem_id="plot-compare", visible=False)
+    tasks_plot = gr.Plot(label="Downstream tasks (lm-eval)", elem_id="plot-tasks", visible=False)
+    quality_compare_plot = gr.Plot(label="Quality of the two jobs", elem_id="plot-quality-compare", visible=False)
+    quality_plots = [tasks_plot, quality_compare_plot]
     plots = [scores_plot, widths_plot, gptq_plot, sizes_plot, quality_plot, compare_plot]
     present = gr.State([False] * len(FIGURES))
 
@@ -151,16 +197,19 @@ def create_ui(ctx: StudioContext, shared: Shared) -> AnalysisTab:
     refresh_button.click(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
     job_a.focus(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
     job_b.focus(refresh_choices, [job_a, job_b], [job_a, job_b], api_visibility="private")
+    draw_quality = partial(show_quality, ctx=ctx)
     show_button.click(
         partial(show, ctx=ctx), [job_a, job_b], [status, *plots, present], api_name="job_plots"
-    ).then(show_present, present, plots, api_visibility="private")
+    ).then(show_present, present, plots, api_visibility="private").then(
+        draw_quality, [job_a, job_b], quality_plots, api_visibility="private"
+    )
     # A job that finishes while the page is open becomes the analysed job, drawn at once.
     shared.finished_job.change(
         lambda job, a, b: refresh_choices(a, b, prefer=job), [shared.finished_job, job_a, job_b], [job_a, job_b],
         api_visibility="private",
     ).then(partial(show, ctx=ctx), [job_a, job_b], [status, *plots, present], api_visibility="private").then(
         show_present, present, plots, api_visibility="private"
-    )
+    ).then(draw_quality, [job_a, job_b], quality_plots, api_visibility="private")
 
     def job_plot_data(job_id: str) -> dict:
         """The summarised data behind a job's analysis figures (quantiles, widths, losses, sizes)."""

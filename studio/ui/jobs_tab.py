@@ -21,7 +21,6 @@ import gradio as gr
 from studio.jobs.results import job_outputs
 from studio.jobs.client import cancel, job_store, retry, submit
 from studio.ui import access
-from studio.flap.settings import COMPENSATIONS
 from studio.ui.components import OpenDropdown
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES, STAGES
@@ -357,12 +356,8 @@ def create_ui(ctx: StudioContext, shared: Shared) -> JobsTab:
         quantize = gr.Checkbox(True, label="GPTQ W4A16 after pruning")
         evaluate = gr.Checkbox(False, label="perplexity after compression")
         submit_button = gr.Button("Submit current plan", variant="primary", elem_id="submit-job", scale=1)
-    with gr.Row():
-        compensation = gr.Dropdown(
-            list(COMPENSATIONS), value="bias", label="compensation of the removed channels",
-            info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
-        )
-        sequential = gr.Checkbox(False, label="sequential calibration (each layer on the pruned layers before it)")
+    # The plan's compensation and calibration choices, set in the Pruning plan tab.
+    compensation, sequential = shared.flap["compensation"], shared.flap["sequential"]
     submit_message = gr.Markdown(elem_id="submit-message")
     if not export_available():
         gr.Markdown("_Export is not part of this installation yet: results stay in the job folder._")

@@ -1,5 +1,8 @@
 """Pruning plan tab: the per-layer table, presets, suggestions from scores and the size estimate.
 
+The plan's FLAP choices (how the removed channels are compensated, one-shot or sequential
+calibration) are set here too; a job submitted from the plan (Jobs tab) uses them.
+
 Handlers never raise into the page: a bad input comes back as a warning in the message beside the
 control, and the table and the plan stay as they were. Outputs an API caller sees always hold a
 value of the type the API page documents (the current table, not `gr.skip()`); only the hidden
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from studio.flap.settings import COMPENSATIONS
 from studio.jobs.results import job_outputs
 from studio.jobs.client import job_store
 from studio.gptq.quantize import QuantizeSettings
@@ -310,6 +314,19 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
     return table_value(plan, model_state), plan_to_state(plan), message
 
 
+def flap_controls() -> dict:
+    """The plan's compensation and calibration choices (`flap.compensation`, `flap.sequential` of the
+    job it becomes), defaulting to the spec's: bias, one-shot."""
+    with gr.Row():
+        compensation = gr.Dropdown(
+            list(COMPENSATIONS), value="bias", label="compensation of the removed channels", elem_id="plan-compensation",
+            info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
+        )
+        sequential = gr.Checkbox(False, label="sequential calibration (each layer on the pruned layers before it)",
+                                 elem_id="plan-sequential")
+    return {"compensation": compensation, "sequential": sequential}
+
+
 def create_ui(ctx: StudioContext, shared: Shared) -> PlanTab:
     with gr.Row():
         # Open: a preset saved later (by this session or another) is loadable by name.
@@ -343,6 +360,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> PlanTab:
                 bits = gr.Dropdown(list(BITS_CHOICES), value="4", label="bits")
                 group_size = gr.Dropdown(list(GROUP_SIZE_CHOICES), value="128", label="group size")
             estimate_md = gr.Markdown(elem_id="plan-estimate")
+            shared.flap.update(flap_controls())  # the Jobs tab submits the plan with these
             with gr.Accordion("Suggest from scores", open=False):
                 stats_job = gr.Dropdown(
                     [], label="Job with statistics", info="finished statistics stages, newest first",

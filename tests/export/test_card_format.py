@@ -91,3 +91,28 @@ def test_re_export_keeps_the_format_and_the_model(card_format, tmp_path):
     assert "\"architectures\": [\"Gemma4ForCausalLM\"]" in card  # the CPU text-only line names the stock class
     removed = 512 * len(WIDTHS) - sum(WIDTHS)
     assert f"Channels removed: {removed:,} of {512 * len(WIDTHS):,} ({removed / (512 * len(WIDTHS)):.1%})" in card
+
+
+def test_the_card_names_compensation_and_calibration_and_lists_lm_eval_scores(studio_format, tmp_path):
+    from studio.export import export_checkpoint, update_evaluation
+
+    out = export_checkpoint(studio_format, tmp_path / "exported", dtype="float32").out_dir
+    card = (out / "README.md").read_text()
+    assert "- Compensation: bias (each pruned layer's down_proj gains a bias" in card
+    assert "calibration one-shot (every layer calibrated on the full model's activations)." in card
+    assert "Downstream tasks" not in card  # no task scores given
+    perplexity = {"ppl": 120.5, "nll": 4.7916, "tokens": 512, "seqlen": 64, "stride": 64}
+    tasks = {
+        "base": {"fact_recall": {"acc": 0.75, "acc_stderr": 0.25, "loglikelihood": -3.5, "loglikelihood_stderr": 0.5,
+                                 "samples": 4}},
+        "pruned": {"fact_recall": {"acc": 0.5, "acc_stderr": 0.2887, "loglikelihood": -4.25,
+                                   "loglikelihood_stderr": 0.75, "samples": 4},
+                   "arc_easy": {"acc": 0.6, "acc_norm": 0.55, "samples": 2376}},
+    }  # fmt: skip
+    update_evaluation(out, {model: {**perplexity, "tasks": scores} for model, scores in tasks.items()})
+    card = (out / "README.md").read_text()
+    assert "### Downstream tasks (lm-evaluation-harness)" in card
+    assert "| Task | Metric | base | pruned |" in card
+    assert "| fact_recall (4 examples) | acc | 0.7500 ± 0.2500 | 0.5000 ± 0.2887 |" in card
+    assert "| fact_recall (4 examples) | loglikelihood | -3.5000 ± 0.5000 | -4.2500 ± 0.7500 |" in card
+    assert "| arc_easy (2376 examples) | acc_norm | - | 0.5500 |" in card  # the base model did not run it

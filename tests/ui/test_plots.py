@@ -178,3 +178,51 @@ def test_the_figures_built_without_plotly_validation_are_valid(e4b):
         assert built == checked  # nothing was left for plotly.py to coerce (a bare string title, say)
     assert json.loads(figures[0].to_json())["layout"]["title"] == {"text": "Kept FFN width per layer"}
     assert json.loads(figures[0].to_json())["layout"]["xaxis"]["title"] == {"text": "layer"}
+
+
+TASKS_A = {
+    "base": {"fact_recall": {"acc": 0.75, "acc_stderr": 0.25, "loglikelihood": -3.5, "loglikelihood_stderr": 0.5, "samples": 4}},
+    "pruned": {"fact_recall": {"acc": 0.5, "acc_stderr": 0.29, "loglikelihood": -4.25, "loglikelihood_stderr": 0.75, "samples": 4}},
+}
+
+
+def test_quality_metrics_gather_perplexity_and_every_task_metric_by_stage():
+    from studio.plots import quality_metrics
+
+    metrics = quality_metrics({"base": 100.0, "pruned": 104.0, "compressed": None}, TASKS_A)
+    assert metrics == {
+        "perplexity": {"base": (100.0, None), "pruned": (104.0, None)},
+        "fact_recall acc": {"base": (0.75, 0.25), "pruned": (0.5, 0.29)},
+        "fact_recall loglikelihood": {"base": (-3.5, 0.5), "pruned": (-4.25, 0.75)},
+    }
+    assert quality_metrics(None, None) == {}
+
+
+def test_two_jobs_quality_is_compared_per_metric_and_stage():
+    from studio.plots import quality_metrics, quality_metrics_figure
+
+    a = quality_metrics({"base": 100.0, "pruned": 104.0, "compressed": 106.0}, TASKS_A)
+    b = quality_metrics({"base": 100.0, "pruned": 103.0, "compressed": None},
+                        {"pruned": {"fact_recall": {"acc": 0.25, "acc_stderr": 0.25, "loglikelihood": -5.0, "samples": 4}}})
+    figure = quality_metrics_figure([("a", a), ("b", b)], "a vs b")
+    titles = [t.text for t in figure.layout.annotations]
+    assert titles == ["perplexity (lower is better)", "fact_recall acc (higher is better)",
+                      "fact_recall loglikelihood (higher is better)"]
+    bars = [(t.name, t.xaxis, list(t.x), list(t.y)) for t in figure.data]
+    assert bars == [
+        ("a", "x", ["base", "pruned", "compressed"], [100.0, 104.0, 106.0]),
+        ("b", "x", ["base", "pruned"], [100.0, 103.0]),
+        ("a", "x2", ["base", "pruned"], [0.75, 0.5]),
+        ("b", "x2", ["pruned"], [0.25]),
+        ("a", "x3", ["base", "pruned"], [-3.5, -4.25]),
+        ("b", "x3", ["pruned"], [-5.0]),
+    ]
+    assert list(figure.data[2].error_y.array) == [0.25, 0.29]  # lm-eval's standard errors as error bars
+    assert figure.data[0].error_y.array is None  # perplexity has none
+    assert figure.data[5].error_y.array is None  # b's log-likelihood came without one
+    low, high = figure.layout.yaxis.range  # perplexity: zoomed around the values, not from 0
+    assert 0 < low < 100.0 and 106.0 < high
+    assert figure.layout.yaxis2.range is None  # accuracy keeps 0 on its axis
+    assert [t.showlegend for t in figure.data][:2] == [True, True]
+    with pytest.raises(ValueError, match="quality figure: no perplexity or task scores to show"):
+        quality_metrics_figure([("a", {}), ("b", {})], "nothing")
