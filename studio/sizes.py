@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from studio.checkpoint import DTYPES, SAFETENSORS_DTYPES, SAFETENSORS_FLOAT_CODES, is_multimodal
+
 # Components in the order reports list them.
 COMPONENTS = (
     "embeddings",
@@ -64,12 +66,7 @@ GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
 _PLE_MODULES = {"per_layer_model_projection", "per_layer_input_gate", "per_layer_projection"}
 _VISION = {"vision_tower", "embed_vision"}
 _AUDIO = {"audio_tower", "embed_audio"}
-_DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
+_DTYPE_BYTES = {code: size for code, (_, size) in SAFETENSORS_DTYPES.items()}
 _TORCH_TO_SAFETENSORS = {
     torch.float32: "F32",
     torch.float16: "F16",
@@ -78,8 +75,8 @@ _TORCH_TO_SAFETENSORS = {
     torch.int64: "I64",
     torch.bool: "BOOL",
 }
-_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
-_FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
+_DTYPE_NAMES = {name: dtype.safetensors for name, dtype in DTYPES.items()}
+_FLOAT_DTYPES = SAFETENSORS_FLOAT_CODES
 
 
 @dataclass(frozen=True)
@@ -302,7 +299,7 @@ def _meta_model(config, widths: list[int] | None):
         text_config.flap_pruned = True
     else:
         text_config.flap_pruned = False
-    multimodal = getattr(config, "text_config", None) is not None
+    multimodal = is_multimodal(config)
     config.architectures = ["Gemma4ForConditionalGeneration" if multimodal else "Gemma4ForCausalLM"]
     with model_construction(), torch.device("meta"):
         model = model_class_for(config)(config)

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from studio.checkpoint import DTYPE_NAMES, torch_dtype
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -33,7 +35,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the text")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"],
+        "--dtype", choices=DTYPE_NAMES,
         default="float32",
         help="compute dtype (default: float32; GPTQ exports run in bfloat16 unless float16 is chosen)",
     )
@@ -42,8 +44,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from studio.eval.loading import evaluate_checkpoint
 
     # Loaders (GPTQModel's especially) print banners and configs: keep stdout for the JSON alone.
@@ -55,7 +55,7 @@ def run(args) -> int:
             stride=args.stride,
             batch_size=args.batch_size,
             max_tokens=args.max_tokens,
-            dtype=getattr(torch, args.dtype),
+            dtype=torch_dtype(args.dtype),
             device=args.device,
         )
     print(json.dumps({"model": str(args.model), "text": str(args.text), **result.to_dict()}))
