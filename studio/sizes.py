@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from studio.checkpoint import DTYPES, SAFETENSORS_DTYPES, SAFETENSORS_FLOAT_CODES, is_multimodal
+from studio.checkpoint import DTYPES, SAFETENSORS_DTYPES, SAFETENSORS_FLOAT_CODES, is_multimodal, torch_dtype_of_code
 
 # Components in the order reports list them.
 COMPONENTS = (
@@ -67,14 +67,7 @@ _PLE_MODULES = {"per_layer_model_projection", "per_layer_input_gate", "per_layer
 _VISION = {"vision_tower", "embed_vision"}
 _AUDIO = {"audio_tower", "embed_audio"}
 _DTYPE_BYTES = {code: size for code, (_, size) in SAFETENSORS_DTYPES.items()}
-_TORCH_TO_SAFETENSORS = {
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int32: "I32",
-    torch.int64: "I64",
-    torch.bool: "BOOL",
-}
+_TORCH_TO_SAFETENSORS = {torch_dtype_of_code(code): code for code in SAFETENSORS_DTYPES}
 _DTYPE_NAMES = {name: dtype.safetensors for name, dtype in DTYPES.items()}
 _FLOAT_DTYPES = SAFETENSORS_FLOAT_CODES
 
