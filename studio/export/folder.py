@@ -34,6 +34,8 @@ from studio.checkpoint import (
     QUANTIZE_CONFIG_FILE,
     WEIGHTS_INDEX_FILE,
     copy_side_files,
+    is_checkpoint_folder,
+    is_flap_pruned,
     is_gptq_checkpoint,
     is_multimodal,
     read_config,
@@ -133,7 +135,7 @@ def _card_data(folder: Path, summary: Mapping, evaluation: Mapping | None) -> Ca
         original_widths=original_widths(text_config),
         layer_types=list(text_config.layer_types),
         multimodal=is_multimodal(config),
-        flap_pruned=bool(getattr(text_config, "flap_pruned", False)),
+        flap_pruned=is_flap_pruned(config),
         sizes_before=SizeReport.from_dict(summary["sizes_before"]),
         sizes_after=SizeReport.from_dict(summary["sizes_after"]),
         before_source=summary["before_source"],
@@ -173,10 +175,11 @@ def export_checkpoint(
     "before" sizes; `evaluation` maps a model name to a perplexity result (ppl, nll, tokens, seqlen,
     stride) shown in the card.
     """
-    from studio.export.plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
+    from studio.export.plugin_files import CONFIG_FILE as VLLM_CONFIG_FILE
+    from studio.export.plugin_files import vllm_config_yaml, write_plugin
 
     checkpoint = Path(checkpoint)
-    if not (checkpoint / CONFIG_FILE).is_file():
+    if not is_checkpoint_folder(checkpoint):
         raise FileNotFoundError(f"checkpoint: no config.json in {checkpoint}")
     if dtype not in DTYPE_NAMES:
         raise ValueError(f"dtype: must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
@@ -192,7 +195,7 @@ def export_checkpoint(
         shards = write_shards(checkpoint, staging, max_shard_size, dtype=None if quantized else dtype)
         _copy_side_files(checkpoint, staging)
         write_plugin(staging)
-        (staging / CONFIG_FILE).write_text(
+        (staging / VLLM_CONFIG_FILE).write_text(
             vllm_config_yaml(served_model_name=name, dtype=storage_dtype, max_model_len=max_model_len), encoding="utf-8"
         )
         before, before_source = _sizes_before(staging, base_model, storage_dtype)

@@ -27,8 +27,15 @@ from studio.atomic import atomic_directory
 from studio.progress import Cancelled
 from studio.calibration import CalibrationSpec
 from studio.checkpoint import (
-    CONFIG_FILE, DTYPE_NAMES, QUANT_LOG_FILE, QUANTIZE_CONFIG_FILE, WEIGHTS_INDEX_FILE, copy_side_files, is_gptq_checkpoint,
-    is_multimodal, torch_dtype,
+    CONFIG_FILE,
+    DTYPE_NAMES,
+    QUANT_LOG_FILE,
+    QUANTIZE_CONFIG_FILE,
+    WEIGHTS_INDEX_FILE,
+    copy_side_files,
+    is_gptq_checkpoint,
+    is_multimodal,
+    torch_dtype,
 )
 from studio.gptq.runtime import import_gptqmodel
 from studio.gptq.rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic

@@ -41,7 +41,14 @@ import httpx
 import psutil
 import yaml
 
-from studio.checkpoint import FLAP_STATS_FILE, WEIGHTS_INDEX_FILE, is_flap_pruned, is_gptq_checkpoint, read_config, text_config_of
+from studio.checkpoint import (
+    FLAP_STATS_FILE,
+    WEIGHTS_INDEX_FILE,
+    is_flap_pruned,
+    is_gptq_checkpoint,
+    read_config,
+    text_config_of,
+)
 from studio.serve.client import OpenAIBackend, api_base_url
 from studio.serve.memory import GIB, GpuShare, fit_max_model_len, plan_gpu_shares
 
