@@ -21,7 +21,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
@@ -31,8 +30,8 @@ import torch
 
 from studio.atomic import atomic_directory
 from studio.demo_model import DEFAULT_TOKENIZER_CORPUS, DemoModelShape, build_processor, build_tokenizer, demo_config
+from studio.paths import studio_home
 
-DEFAULT_HOME = Path("~/.cache/gemma-lite-studio")
 RECIPE_FILE = "bench_model.json"
 # Bump when the training code changes in a way that changes the weights.
 TRAINER_VERSION = 1
@@ -96,12 +95,8 @@ def recipe_hash(recipe: BenchRecipe, corpus: Path = DEFAULT_TOKENIZER_CORPUS) ->
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def studio_home() -> Path:
-    """Where the studio caches things: `$STUDIO_HOME`, else ~/.cache/gemma-lite-studio."""
-    return Path(os.environ.get("STUDIO_HOME") or DEFAULT_HOME).expanduser()
-
-
 def bench_model_dir(recipe: BenchRecipe = BenchRecipe(), corpus: Path = DEFAULT_TOKENIZER_CORPUS) -> Path:
+    """The cached bench model's folder: `bench-model-<hash>` in the studio's home (`studio.paths`)."""
     return studio_home() / f"bench-model-{recipe_hash(recipe, corpus)}"
 
 
@@ -215,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m studio.bench_model",
         description="Train (or find in the cache) the small trained Gemma 4 used by the quality benchmark, "
-        "and print its folder. Cached under $STUDIO_HOME (default ~/.cache/gemma-lite-studio).",
+        "and print its folder. Cached under $STUDIO_HOME (default ~/.local/share/gemma-lite-studio).",
     )
     parser.add_argument("--out", type=Path, help="write here instead of the cache (always trains)")
     parser.add_argument("--steps", type=int, default=BenchRecipe.steps, help="training steps (default: %(default)s)")

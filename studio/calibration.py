@@ -1,7 +1,7 @@
 """Calibration data: text from a local file or a Hugging Face dataset, packed into N x L token ids.
 
 A calibration source is either a path to a text file or a dataset spec
-`hf:NAME[/CONFIG][/SPLIT]` (the card's real default is `hf:wikitext/wikitext-2-raw-v1/train`).
+`hf:DATASET/CONFIG/SPLIT` (`studio.hub_text`; the card's real default is `hf:wikitext/wikitext-2-raw-v1/train`).
 Texts are tokenized once as one stream and N windows of L tokens are drawn from it at seeded random
 offsets, as GPTQ and FLAP calibrate: the same spec and tokenizer always give the same tensor.
 
@@ -16,12 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.hub_text import HUB_GRAMMAR, is_hub_source, load_hub_text
 from studio.safety import read_utf8
 
 if TYPE_CHECKING:
     import torch
 
-HF_PREFIX = "hf:"
 DEFAULT_SOURCE = "hf:wikitext/wikitext-2-raw-v1/train"
 BUNDLED_DATA = Path(__file__).resolve().parent.parent / "data"
 # Offline stand-ins shipped in data/: calibration text and held-out evaluation text.
@@ -42,7 +42,7 @@ class CalibrationSpec:
 
     def __post_init__(self):
         if not isinstance(self.source, str) or not self.source.strip():
-            raise ValueError("calibration.source: must be a text file path or 'hf:NAME[/CONFIG][/SPLIT]'")
+            raise ValueError(f"calibration.source: must be a text file path or '{HUB_GRAMMAR}'")
         for field in ("samples", "seqlen"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -56,31 +56,12 @@ class CalibrationSpec:
 
 def load_calibration_text(spec: CalibrationSpec) -> str:
     """The raw text of the calibration source, documents joined by blank lines."""
-    if spec.source.startswith(HF_PREFIX):
-        return _load_hub_text(spec.source[len(HF_PREFIX) :], spec.text_field)
+    if is_hub_source(spec.source):
+        return load_hub_text(spec.source, "calibration.source", spec.text_field, "calibration.text_field")
     path = Path(spec.source).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"calibration.source: no such text file: {path}")
     return read_utf8(path, "calibration.source")
-
-
-def _load_hub_text(dataset_spec: str, text_field: str) -> str:
-    parts = dataset_spec.split("/")
-    # Dataset names may carry an owner ("org/name"): the split is last, the config before it.
-    name, config, split = dataset_spec, None, "train"
-    if len(parts) >= 3:
-        name, config, split = "/".join(parts[:-2]), parts[-2], parts[-1]
-    elif len(parts) == 2:
-        name, config = parts
-    from datasets import load_dataset
-
-    dataset = load_dataset(name, config, split=split)
-    if text_field not in dataset.column_names:
-        raise ValueError(
-            f"calibration.text_field: dataset {name} has no column {text_field!r} "
-            f"(columns: {', '.join(dataset.column_names)})"
-        )
-    return "\n\n".join(dataset[text_field])
 
 
 def tokenize_stream(tokenizer, text: str) -> torch.Tensor:

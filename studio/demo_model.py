@@ -19,6 +19,7 @@ import torch
 
 from studio.atomic import atomic_directory
 from studio.calibration import OFFLINE_CALIBRATION_TEXT
+from studio.checkpoint import text_config_of
 
 DEFAULT_TOKENIZER_CORPUS = OFFLINE_CALIBRATION_TEXT
 
@@ -191,7 +192,7 @@ def config_from_text_config(path: str | Path, layers: int | None = None, shape: 
     if not path.is_file():
         raise FileNotFoundError(f"--config: no such file {path}")
     data = json.loads(path.read_text(encoding="utf-8"))
-    text = {k: v for k, v in data.get("text_config", data).items() if not k.startswith("_")}
+    text = {k: v for k, v in text_config_of(data).items() if not k.startswith("_")}
     text["model_type"] = "gemma4_text"
     if layers is not None and layers != text["num_hidden_layers"]:
         types = scaled_layer_types(text["layer_types"], layers)

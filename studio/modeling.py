@@ -25,6 +25,8 @@ from torch import nn
 from transformers import AutoConfig, Gemma4ForCausalLM, Gemma4ForConditionalGeneration
 from transformers.activations import ACT2FN
 
+from studio.checkpoint import CONFIG_FILE, is_flap_pruned, text_config_of
+
 # transformers' loading switches (`no_init_weights`, `no_tie_weights`, the patched `torch.nn.init`
 # functions) and GPTQModel's `suspend_hf_weight_init` patch process-wide names. A model built in one
 # thread while another thread loads can skip initialisation or weight tying; two overlapping switches
@@ -83,11 +85,6 @@ FLAP_ARCHITECTURES = {
     "Gemma4FlapForConditionalGeneration": "Gemma4ForConditionalGeneration",
     "Gemma4FlapForCausalLM": "Gemma4ForCausalLM",
 }
-
-
-def text_config_of(config):
-    """The decoder's config: `config.text_config` for the multimodal model, `config` otherwise."""
-    return getattr(config, "text_config", None) or config
 
 
 def original_widths(text_config) -> list[int]:
@@ -168,10 +165,6 @@ _STOCK_CLASSES = {
     "Gemma4ForConditionalGeneration": Gemma4ForConditionalGeneration,
     "Gemma4ForCausalLM": Gemma4ForCausalLM,
 }
-
-
-def is_flap_pruned(config) -> bool:
-    return bool(getattr(text_config_of(config), "flap_pruned", False))
 
 
 def model_class_for(config):
@@ -259,7 +252,7 @@ def load_text_config(path: str | Path):
 
     path = Path(path)
     if path.is_dir():
-        path = path / "config.json"
+        path = path / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"config: no such file {path}")
     data = check_gemma4_config(path, field="config")  # another architecture's config: refused, named

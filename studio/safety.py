@@ -16,14 +16,16 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from studio.hub_text import HUB_PREFIX
+
 MIB = 1024 * 1024
 # What one upload may weigh, by kind: calibration / evaluation text can be large, a chat image a
 # few MiB, a YAML spec or preset a few KiB.
 TEXT_UPLOAD_MAX_BYTES = 64 * MIB
 IMAGE_UPLOAD_MAX_BYTES = 16 * MIB
 SPEC_UPLOAD_MAX_BYTES = 1 * MIB
-# Text sources that are not paths: a hub dataset (`hf:DATASET/CONFIG/SPLIT`, studio.calibration).
-HUB_TEXT_PREFIX = "hf:"
+# Text sources that are not paths: a hub dataset (`hf:DATASET/CONFIG/SPLIT`, studio.hub_text).
+HUB_TEXT_PREFIX = HUB_PREFIX
 # The cap Gradio applies to any upload before a handler sees it (`launch(max_file_size=...)`).
 MAX_UPLOAD_BYTES = TEXT_UPLOAD_MAX_BYTES
 

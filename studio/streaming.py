@@ -17,25 +17,15 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from studio.checkpoint import (
+    SINGLE_WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
+    safetensors_code,
+    text_config_of,
+    torch_dtype_of_code,
+)
 from studio.flap.stats import DecoderLayerSource, language_model_of
 
-INDEX_FILE = "model.safetensors.index.json"
-SINGLE_FILE = "model.safetensors"
-
-# safetensors' dtype names (its format specification).
-_DTYPE_NAMES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-_DTYPES = {name: dtype for dtype, name in _DTYPE_NAMES.items()}
 _COPY_CHUNK_BYTES = 64 << 20
 
 
@@ -79,13 +69,13 @@ class Checkpoint:
 
     def __init__(self, folder: str | Path):
         self.folder = Path(folder)
-        index = self.folder / INDEX_FILE
+        index = self.folder / WEIGHTS_INDEX_FILE
         if index.is_file():
             files = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
-        elif (self.folder / SINGLE_FILE).is_file():
-            files = [SINGLE_FILE]
+        elif (self.folder / SINGLE_WEIGHTS_FILE).is_file():
+            files = [SINGLE_WEIGHTS_FILE]
         else:
-            raise FileNotFoundError(f"model: no {SINGLE_FILE} or {INDEX_FILE} in {self.folder}")
+            raise FileNotFoundError(f"model: no {SINGLE_WEIGHTS_FILE} or {WEIGHTS_INDEX_FILE} in {self.folder}")
         self._tensors: dict[str, _StoredTensor] = {}
         for file in files:
             path = self.folder / file
@@ -95,13 +85,13 @@ class Checkpoint:
                     continue
                 begin, end = entry["data_offsets"]
                 self._tensors[name] = _StoredTensor(
-                    path, _DTYPES[entry["dtype"]], tuple(entry["shape"]), data_start + begin, data_start + end
+                    path, torch_dtype_of_code(entry["dtype"]), tuple(entry["shape"]), data_start + begin, data_start + end
                 )
 
     @staticmethod
     def is_checkpoint(folder: str | Path) -> bool:
         folder = Path(folder)
-        return (folder / INDEX_FILE).is_file() or (folder / SINGLE_FILE).is_file()
+        return (folder / WEIGHTS_INDEX_FILE).is_file() or (folder / SINGLE_WEIGHTS_FILE).is_file()
 
     def names(self) -> list[str]:
         return list(self._tensors)
@@ -187,7 +177,7 @@ class _ShardWriter:
         offset = 0
         for spec in specs:
             header[spec.name] = {
-                "dtype": _DTYPE_NAMES[spec.dtype],
+                "dtype": safetensors_code(spec.dtype),
                 "shape": list(spec.shape),
                 "data_offsets": [offset, offset + spec.nbytes],
             }
@@ -235,7 +225,7 @@ class ShardedWriter:
             groups[-1].append(spec)
             size += spec.nbytes
         count = len(groups)
-        self._names = [SINGLE_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        self._names = [SINGLE_WEIGHTS_FILE] if count == 1 else [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         self._groups = groups
         self._file_of = {spec.name: i for i, group in enumerate(groups) for spec in group}
         self._total = sum(spec.nbytes for spec in specs)
@@ -267,7 +257,7 @@ class ShardedWriter:
                 "metadata": {"total_size": self._total},
                 "weight_map": {name: self._names[i] for name, i in self._file_of.items()},
             }
-            (self.folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            (self.folder / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
 def meta_model(config):
@@ -333,8 +323,6 @@ class StreamedDecoder(DecoderLayerSource):
 
     def __init__(self, model_dir: str | Path, dtype: torch.dtype | str = "auto", device: str | torch.device | None = None):
         from transformers import AutoConfig
-
-        from studio.modeling import text_config_of
 
         self.checkpoint = Checkpoint(model_dir)
         self.config = AutoConfig.from_pretrained(model_dir)

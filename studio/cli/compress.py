@@ -7,6 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from studio.checkpoint import DTYPE_NAMES
 from studio.cli.prune import (
     add_calibration_arguments,
     add_flap_arguments,
@@ -39,7 +40,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--dtype",
         default="bfloat16",
-        choices=["bfloat16", "float16", "float32"],
+        choices=DTYPE_NAMES,
         help="dtype of the unquantized tensors in the export (default: bfloat16)",
     )
     parser.add_argument(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-DTYPES = ("float32", "bfloat16", "float16")
+from studio.checkpoint import DTYPE_NAMES, torch_dtype
 
 
 def add_parser(subparsers) -> None:
@@ -41,7 +41,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument(
         "--dtype",
-        choices=DTYPES,
+        choices=DTYPE_NAMES,
         default=None,
         help="weight dtype (default: float32; with --config, bfloat16)",
     )
@@ -50,8 +50,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from studio.demo_model import DemoModelShape, build_demo_model, config_from_text_config, write_streamed_model
 
     if args.config is None:
@@ -60,12 +58,12 @@ def run(args) -> int:
             hidden_size=128 if args.hidden_size is None else args.hidden_size,
             intermediate_size=512 if args.intermediate_size is None else args.intermediate_size,
         )
-        out = build_demo_model(args.out, shape=shape, seed=args.seed, dtype=getattr(torch, args.dtype or "float32"))
+        out = build_demo_model(args.out, shape=shape, seed=args.seed, dtype=torch_dtype(args.dtype or "float32"))
     else:
         for flag, value in (("--hidden-size", args.hidden_size), ("--intermediate-size", args.intermediate_size)):
             if value is not None:
                 raise ValueError(f"{flag}: not with --config (the config gives the shapes)")
         config = config_from_text_config(args.config, args.layers)
-        out = write_streamed_model(args.out, config, seed=args.seed, dtype=getattr(torch, args.dtype or "bfloat16"))
+        out = write_streamed_model(args.out, config, seed=args.seed, dtype=torch_dtype(args.dtype or "bfloat16"))
     print(f"demo model written to {out}")
     return 0

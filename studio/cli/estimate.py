@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from studio.sizes.card import CARD_CLAIMS
+from studio.checkpoint import DEFAULT_DTYPE, DTYPE_NAMES, dtype_of
 
 
 def add_parser(subparsers) -> None:
@@ -25,7 +26,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--bits", type=int, default=4, help="GPTQ weight bits (default: 4)")
     parser.add_argument("--group-size", type=int, default=128, help="GPTQ group size, -1 for none (default: 128)")
     parser.add_argument("--no-quant", action="store_true", help="estimate the pruned model unquantized")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="dtype of unquantized tensors (default: bfloat16)")
+    parser.add_argument("--dtype", default=DEFAULT_DTYPE, choices=DTYPE_NAMES, help="dtype of unquantized tensors (default: %(default)s)")
     parser.add_argument("--vision-params", type=int, help="vision tower parameters, when the config has none")
     parser.add_argument("--audio-params", type=int, help="audio tower parameters, when the config has none")
     parser.add_argument(
@@ -68,7 +69,7 @@ def estimates(args):
         if args.vision_params is not None or args.audio_params is not None:
             raise ValueError("--base-bytes: give it or --vision-params/--audio-params, not both")
         text_only = estimate(config, dtype=args.dtype)
-        dtype_bytes = 4 if args.dtype == "float32" else 2
+        dtype_bytes = dtype_of(args.dtype).bytes
         towers = {"tower_params": _towers_from_base_bytes(args.base_bytes, text_only.tensor_bytes, dtype_bytes)}
     before = estimate(config, None, None, args.dtype, **towers)
     after = estimate(config, plan, quantize, args.dtype, **towers)
@@ -112,7 +113,7 @@ def card_comparison(plan, before, after, dtype: str) -> list[str]:
             f"({'the card overstates it' if channels < CARD_CLAIMS['ffn_params_removed'] - 0.01 else 'consistent'})"
         )
     if after.quantized_params:
-        element = 4 if dtype == "float32" else 2
+        element = dtype_of(dtype).bytes
         share = after.quantized_bytes / (after.quantized_params * element)
         lines.append(
             f"  quantized modules: card \"~{CARD_CLAIMS['quantized_modules_memory']:.0%} memory\"; GPTQ storage is "

@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+from studio.checkpoint import DTYPE_NAMES, torch_dtype
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -51,7 +53,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--max-tokens", type=int, help="evaluate only the first N tokens of the text")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward pass (default: 1)")
     parser.add_argument(
-        "--dtype", choices=["float32", "bfloat16", "float16"],
+        "--dtype", choices=DTYPE_NAMES,
         default="float32",
         help="compute dtype (default: float32; GPTQ exports run in bfloat16 unless float16 is chosen)",
     )
@@ -60,8 +62,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    import torch
-
     from studio.eval.downstream import evaluate_model_tasks, evaluate_server_tasks, parse_tasks
     from studio.eval.loading import evaluate_checkpoint, load_eval_model, load_eval_tokenizer
 
@@ -78,7 +78,7 @@ def run(args) -> int:
             record["server"] = args.server
             record["tasks"] = evaluate_server_tasks(args.server, args.model, tasks, model=name)
         else:
-            dtype = getattr(torch, args.dtype)
+            dtype = torch_dtype(args.dtype)
             if args.text is not None:
                 result = evaluate_checkpoint(
                     args.model,

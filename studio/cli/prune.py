@@ -14,7 +14,7 @@ def add_calibration_arguments(parser, samples: int = 128, seqlen: int = 2048) ->
     parser.add_argument(
         "--calib",
         default=DEFAULT_SOURCE,
-        help=f"calibration text: a text file or hf:NAME[/CONFIG][/SPLIT] (default: {DEFAULT_SOURCE})",
+        help=f"calibration text: a text file or hf:DATASET/CONFIG/SPLIT (default: {DEFAULT_SOURCE})",
     )
     parser.add_argument("--samples", type=int, default=samples, help=f"calibration samples (default: {samples})")
     parser.add_argument("--seqlen", type=int, default=seqlen, help=f"tokens per sample (default: {seqlen})")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from studio.checkpoint import DTYPE_NAMES
 from studio.cli.prune import add_calibration_arguments, calibration_spec
 
 
@@ -24,7 +25,7 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--dtype",
         default="bfloat16",
-        choices=["bfloat16", "float16", "float32"],
+        choices=DTYPE_NAMES,
         help="dtype the model is loaded and unquantized modules are saved in (default: bfloat16)",
     )
     parser.add_argument("--device", default=None, help="where GPTQ runs, e.g. cuda:0 or cpu (default: first GPU, else cpu)")

@@ -6,15 +6,8 @@ from pathlib import Path
 
 import torch
 
+from studio.checkpoint import gptq_compute_dtype, is_gptq_checkpoint
 from studio.eval.perplexity import PerplexityResult, evaluate_perplexity, load_eval_text
-
-# GPTQ kernels compute in half precision; a float32 request is served in bfloat16 (the card's dtype).
-_GPTQ_DTYPES = (torch.bfloat16, torch.float16)
-
-
-def is_gptq_checkpoint(path: str | Path) -> bool:
-    """Whether the folder is a GPTQ export (it has GPTQModel's quantize_config.json)."""
-    return (Path(path) / "quantize_config.json").is_file()
 
 
 def load_eval_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None):
@@ -27,7 +20,7 @@ def load_eval_model(path: str | Path, dtype: torch.dtype = torch.float32, device
     if is_gptq_checkpoint(path):
         from studio.gptq.quantize import load_quantized
 
-        dtype = dtype if dtype in _GPTQ_DTYPES else torch.bfloat16
+        dtype = gptq_compute_dtype(dtype).torch  # a float32 request runs in bfloat16 (the card's dtype)
         return load_quantized(path, device=device or "cpu", dtype=dtype)
     from studio.modeling import load_model
 

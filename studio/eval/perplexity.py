@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 from studio.calibration import leading_bos
+from studio.hub_text import is_hub_source, load_hub_text
 
-HUB_PREFIX = "hf:"
 # The standard evaluation text: WikiText-2 (raw) test split on the Hugging Face hub.
 WIKITEXT2_TEST = "hf:wikitext/wikitext-2-raw-v1/test"
 
@@ -106,20 +106,14 @@ def sliding_windows(num_tokens: int, seqlen: int, stride: int, bos: bool = False
 
 
 def load_eval_text(source: str | Path) -> str:
-    """The evaluation text: a UTF-8 file, or `hf:DATASET/CONFIG/SPLIT` from the hub.
+    """The evaluation text: a UTF-8 file, or `hf:DATASET/CONFIG/SPLIT` from the hub (`studio.hub_text`).
 
     Hub splits are joined with blank lines, as the usual Hugging Face perplexity recipe does (the
-    offline copy in shared/data/wikitext-2-raw-test.txt is made that way).
+    bundled offline copy, data/wikitext-2-raw-test.txt, is made that way).
     """
     source = str(source)
-    if source.startswith(HUB_PREFIX):
-        parts = source[len(HUB_PREFIX) :].split("/")
-        if len(parts) != 3 or not all(parts):
-            raise ValueError(f"text: hub sources are written hf:DATASET/CONFIG/SPLIT, got {source!r}")
-        from datasets import load_dataset
-
-        dataset, config, split = parts
-        return "\n\n".join(load_dataset(dataset, config, split=split)["text"])
+    if is_hub_source(source):
+        return load_hub_text(source, "text")
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"text: no such file {path}")

@@ -20,24 +20,35 @@ staging folder and appears only when complete.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from studio.atomic import atomic_directory, atomic_write_text
+from studio.checkpoint import (
+    CONFIG_FILE,
+    DEFAULT_DTYPE,
+    DTYPE_NAMES,
+    PRUNE_SUMMARY_FILE,
+    QUANT_LOG_FILE,
+    QUANTIZE_CONFIG_FILE,
+    WEIGHTS_INDEX_FILE,
+    copy_side_files,
+    is_checkpoint_folder,
+    is_flap_pruned,
+    is_gptq_checkpoint,
+    is_multimodal,
+    read_config,
+    text_config_of,
+)
 from studio.export.model_card import CardData, hub_model_id, named_calibration, render_model_card
-from studio.export.shards import INDEX_FILE, ShardedWeights, write_shards
+from studio.export.shards import ShardedWeights, write_shards
 from studio.sizes import SizeReport, config_from_file, estimate, measure_checkpoint
 
 SUMMARY_FILE = "export_summary.json"
 CARD_FILE = "README.md"
-QUANTIZE_CONFIG_FILE = "quantize_config.json"
-QUANT_LOG_FILE = "quant_log.csv"
 # Written here, never copied from the source folder.
-_GENERATED = {"config.json", INDEX_FILE, CARD_FILE, SUMMARY_FILE, "vllm_config.yaml"}
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-_DTYPES = ("bfloat16", "float16", "float32")
+_GENERATED = {CONFIG_FILE, WEIGHTS_INDEX_FILE, CARD_FILE, SUMMARY_FILE, "vllm_config.yaml"}
 
 
 @dataclass(frozen=True)
@@ -49,14 +60,10 @@ class ExportResult:
     sizes_after: SizeReport
 
 
-def is_quantized_checkpoint(folder: Path) -> bool:
-    return (folder / QUANTIZE_CONFIG_FILE).is_file()
-
-
 def _export_config(source: Path, target: Path, quantized: bool, dtype: str) -> dict:
     """config.json for the export: the source's, with the storage dtype recorded for unquantized
     exports. Key order is kept (vLLM reads `dynamic` rules in file order)."""
-    data = json.loads((source / "config.json").read_text(encoding="utf-8"))
+    data = read_config(source, "checkpoint")
     if quantized:
         if "quantization_config" not in data:
             raise ValueError(f"checkpoint: {source} has quantize_config.json but no quantization_config in config.json")
@@ -65,7 +72,7 @@ def _export_config(source: Path, target: Path, quantized: bool, dtype: str) -> d
         for section in (data, *(v for v in data.values() if isinstance(v, dict) and "model_type" in v)):
             if "dtype" in section or section is data:
                 section["dtype"] = dtype
-    (target / "config.json").write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    (target / CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     return data
 
 
@@ -73,11 +80,7 @@ def _copy_side_files(source: Path, target: Path) -> None:
     """Tokenizer, processor and generation configs, chat template, quantize config and log, FLAP's
     prune summary: every plain file of the source that is not a weight file or generated here.
     The prune summary's calibration source is named, not pathed: the folder is what gets published."""
-    from studio.flap.pipeline import SUMMARY_FILE as PRUNE_SUMMARY_FILE  # torch-heavy: only when exporting
-
-    for entry in sorted(source.iterdir()):
-        if entry.is_file() and entry.name not in _GENERATED and not entry.name.endswith(_WEIGHT_SUFFIXES):
-            shutil.copyfile(entry, target / entry.name)
+    copy_side_files(source, target, exclude=_GENERATED)
     prune_summary = target / PRUNE_SUMMARY_FILE
     if prune_summary.is_file():
         data = json.loads(prune_summary.read_text(encoding="utf-8"))
@@ -90,8 +93,8 @@ def _storage_dtype(config: dict, quantized: bool, dtype: str) -> str:
     """The dtype unquantized tensors are stored in."""
     if not quantized:
         return dtype
-    stored = config.get("dtype") or (config.get("text_config") or {}).get("dtype") or "bfloat16"
-    return stored if stored in _DTYPES else "bfloat16"
+    stored = config.get("dtype") or text_config_of(config).get("dtype") or DEFAULT_DTYPE
+    return stored if stored in DTYPE_NAMES else DEFAULT_DTYPE
 
 
 def _sizes_before(folder: Path, base_model: str | Path | None, dtype: str) -> tuple[SizeReport, str]:
@@ -115,8 +118,7 @@ def _read_quant_log(folder: Path) -> list:
 
 
 def _card_data(folder: Path, summary: Mapping, evaluation: Mapping | None) -> CardData:
-    from studio.flap.pipeline import SUMMARY_FILE as PRUNE_SUMMARY_FILE
-    from studio.modeling import layer_widths, original_widths, text_config_of
+    from studio.modeling import layer_widths, original_widths
 
     config = config_from_file(folder)
     text_config = text_config_of(config)
@@ -132,8 +134,8 @@ def _card_data(folder: Path, summary: Mapping, evaluation: Mapping | None) -> Ca
         widths=layer_widths(text_config),
         original_widths=original_widths(text_config),
         layer_types=list(text_config.layer_types),
-        multimodal=getattr(config, "text_config", None) is not None,
-        flap_pruned=bool(getattr(text_config, "flap_pruned", False)),
+        multimodal=is_multimodal(config),
+        flap_pruned=is_flap_pruned(config),
         sizes_before=SizeReport.from_dict(summary["sizes_before"]),
         sizes_after=SizeReport.from_dict(summary["sizes_after"]),
         before_source=summary["before_source"],
@@ -173,15 +175,18 @@ def export_checkpoint(
     "before" sizes; `evaluation` maps a model name to a perplexity result (ppl, nll, tokens, seqlen,
     stride) shown in the card.
     """
-    from studio.export.plugin_files import CONFIG_FILE, vllm_config_yaml, write_plugin
+    from studio.export.plugin_files import CONFIG_FILE as VLLM_CONFIG_FILE
+    from studio.export.plugin_files import vllm_config_yaml, write_plugin
 
     checkpoint = Path(checkpoint)
-    if not (checkpoint / "config.json").is_file():
+    if not is_checkpoint_folder(checkpoint):
         raise FileNotFoundError(f"checkpoint: no config.json in {checkpoint}")
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype: must be one of {', '.join(_DTYPES)}, got {dtype!r}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype: must be one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
     _check_evaluation(evaluation)
-    quantized = is_quantized_checkpoint(checkpoint)
+    quantized = is_gptq_checkpoint(checkpoint)
+    if quantized and not (checkpoint / QUANTIZE_CONFIG_FILE).is_file():
+        raise ValueError(f"checkpoint: {checkpoint} is a GPTQ checkpoint without the quantize_config.json GPTQModel writes")
     out_dir = Path(out_dir)
     name = name or out_dir.resolve().name
     with atomic_directory(out_dir) as staging:
@@ -190,7 +195,7 @@ def export_checkpoint(
         shards = write_shards(checkpoint, staging, max_shard_size, dtype=None if quantized else dtype)
         _copy_side_files(checkpoint, staging)
         write_plugin(staging)
-        (staging / CONFIG_FILE).write_text(
+        (staging / VLLM_CONFIG_FILE).write_text(
             vllm_config_yaml(served_model_name=name, dtype=storage_dtype, max_model_len=max_model_len), encoding="utf-8"
         )
         before, before_source = _sizes_before(staging, base_model, storage_dtype)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
 
-from studio.calibration import HF_PREFIX
+from studio.hub_text import is_hub_source
 from studio.sizes import COMPONENT_LABELS, SizeReport
 
 # Folder names of models in the Hugging Face cache: models--OWNER--NAME (ids cannot hold "--").
@@ -51,7 +51,7 @@ def hub_model_id(base_model: str | Path | None) -> str | None:
 
 def calibration_name(source: str) -> str:
     """A calibration source as the card names it: a dataset spec as it is, a text file by its name."""
-    return source if source.startswith(HF_PREFIX) else Path(source).name
+    return source if is_hub_source(source) else Path(source).name
 
 
 def named_calibration(calibration: Mapping) -> dict:

@@ -13,14 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
+from studio.checkpoint import SAFETENSORS_FLOAT_CODES, WEIGHTS_INDEX_FILE, dtype_of
 from studio.sizes import GPTQ_PARTS, TensorInfo, checkpoint_files, read_tensor_infos
 
-INDEX_FILE = "model.safetensors.index.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
-_CAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 
 
 def parse_size(size: int | str) -> int:
@@ -48,7 +45,7 @@ class ShardedWeights:
 
 def _casts(info: TensorInfo, dtype: str | None) -> bool:
     """Whether a tensor is cast: floating-point weights only; GPTQ scales stay float16."""
-    return dtype is not None and info.dtype in ("F16", "BF16", "F32", "F64") and info.name.rsplit(".", 1)[-1] not in GPTQ_PARTS
+    return dtype is not None and info.dtype in SAFETENSORS_FLOAT_CODES and info.name.rsplit(".", 1)[-1] not in GPTQ_PARTS
 
 
 def write_shards(source: str | Path, target: str | Path, max_shard_size: int | str, dtype: str | None = None) -> ShardedWeights:
@@ -62,8 +59,7 @@ def write_shards(source: str | Path, target: str | Path, max_shard_size: int | s
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    if dtype is not None and dtype not in _CAST_DTYPES:
-        raise ValueError(f"dtype: must be one of {', '.join(_CAST_DTYPES)}, got {dtype!r}")
+    cast = None if dtype is None else dtype_of(dtype)
     limit = parse_size(max_shard_size)
     source, target = Path(source), Path(target)
     location: dict[str, Path] = {}
@@ -73,7 +69,7 @@ def write_shards(source: str | Path, target: str | Path, max_shard_size: int | s
             if info.name in location:
                 raise ValueError(f"checkpoint: tensor {info.name} is stored twice ({location[info.name].name}, {path.name})")
             location[info.name] = path
-            size_dtype = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}[dtype] if _casts(info, dtype) else info.dtype
+            size_dtype = cast.safetensors if _casts(info, dtype) else info.dtype
             infos[info.name] = TensorInfo(info.name, info.shape, size_dtype)
     split = split_state_dict_into_shards_factory(
         infos,
@@ -88,11 +84,11 @@ def write_shards(source: str | Path, target: str | Path, max_shard_size: int | s
                 for name in (n for n in names if location[n] == path):
                     tensor = handle.get_tensor(name)
                     if _casts(infos[name], dtype):
-                        tensor = tensor.to(_CAST_DTYPES[dtype])
+                        tensor = tensor.to(cast.torch)
                     tensors[name] = tensor.contiguous()
         save_file(tensors, str(target / filename), metadata={"format": "pt"})
     total = sum(info.nbytes for info in infos.values())
     if split.is_sharded:
         index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(split.tensor_to_filename.items()))}
-        (target / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        (target / WEIGHTS_INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
     return ShardedWeights(tuple(split.filename_to_tensors), dict(split.tensor_to_filename), total)

@@ -21,6 +21,7 @@ from transformers import AutoConfig
 
 from studio.atomic import atomic_directory
 from studio.calibration import CalibrationSpec, build_calibration_ids
+from studio.checkpoint import FLAP_STATS_FILE, PRUNE_SUMMARY_FILE
 from studio.flap.layerwise import prune_while_calibrating
 from studio.flap.prune import LayerPruneResult, prune_model
 from studio.flap.scores import model_scores, standardize
@@ -30,8 +31,7 @@ from studio.flap.suggest import suggest_widths
 from studio.modeling import load_model, text_config_of
 from studio.plans.plan import PruningPlan
 
-STATS_FILE = "flap_stats.safetensors"
-SUMMARY_FILE = "prune_summary.json"
+STATS_FILE, SUMMARY_FILE = FLAP_STATS_FILE, PRUNE_SUMMARY_FILE
 
 
 def load_tokenizer(model_dir: str | Path):

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -27,18 +26,29 @@ import torch
 from studio.atomic import atomic_directory
 from studio.progress import Cancelled
 from studio.calibration import CalibrationSpec
+from studio.checkpoint import (
+    CONFIG_FILE,
+    DTYPE_NAMES,
+    QUANT_LOG_FILE,
+    QUANTIZE_CONFIG_FILE,
+    WEIGHTS_INDEX_FILE,
+    copy_side_files,
+    is_gptq_checkpoint,
+    is_multimodal,
+    torch_dtype,
+)
 from studio.gptq.runtime import import_gptqmodel
 from studio.gptq.rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic
 
 GPTQ_BITS = (2, 3, 4, 8)
 # GPTQ v1 ("gptq") is what vLLM's GPTQ and Marlin kernels read; GPTQModel converts on save.
 CHECKPOINT_FORMATS = ("gptq",)
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-QUANT_LOG_FILE = "quant_log.csv"
+DTYPES = {name: torch_dtype(name) for name in DTYPE_NAMES}
 QUANT_LOG_COLUMNS = ("layer", "module", "loss", "samples", "damp", "time")
-# Files GPTQModel writes itself; everything else that is not a weight is copied from the source.
-_WRITTEN_BY_GPTQMODEL = {"config.json", "quantize_config.json", QUANT_LOG_FILE, "model.safetensors.index.json"}
-_NOT_COPIED_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Files GPTQModel writes itself. Every other file of the source that is not a weight (tokenizer,
+# processor config, chat template, generation config, FLAP summaries...) is copied as it is,
+# replacing GPTQModel's re-saved copies, which differ (its generation-config "autofix" turns on do_sample).
+_WRITTEN_BY_GPTQMODEL = {CONFIG_FILE, QUANTIZE_CONFIG_FILE, QUANT_LOG_FILE, WEIGHTS_INDEX_FILE}
 
 ProgressFn = Callable[[int, int, str], None]
 
@@ -265,16 +275,6 @@ def read_quant_log(path: str | Path) -> list[ModuleQuantRecord]:
     return records
 
 
-def _copy_side_files(source: Path, target: Path) -> None:
-    """Tokenizer, processor config, chat template, generation config, FLAP summaries...: the source
-    folder's files besides weights and configs, copied as they are. They replace GPTQModel's
-    re-saved copies, which differ (its generation-config "autofix" turns on do_sample)."""
-    for entry in source.iterdir():
-        if not entry.is_file() or entry.name in _WRITTEN_BY_GPTQMODEL or entry.name.endswith(_NOT_COPIED_SUFFIXES):
-            continue
-        shutil.copy2(entry, target / entry.name)
-
-
 def _restore_pruned_config(source_config, written_path: Path) -> None:
     """Make sure config.json still names the FLAP architecture and per-layer widths of the source
     (GPTQModel rewrites config.json from the in-memory config)."""
@@ -405,7 +405,7 @@ def quantize_checkpoint(
         write_quant_log(staging / QUANT_LOG_FILE, records)
         _restore_biases(staging, biases)
         _restore_pruned_config(source_config, staging / "config.json")
-        _copy_side_files(model_dir, staging)
+        copy_side_files(model_dir, staging, exclude=_WRITTEN_BY_GPTQMODEL)
     return QuantizeResult(
         out_dir=Path(out_dir).resolve(),
         settings=settings,
@@ -434,7 +434,7 @@ def _loading_definition(config):
     """
     gemma4 = import_gptqmodel("gptqmodel.models.definitions.gemma4")
 
-    multimodal = getattr(config, "text_config", None) is not None
+    multimodal = is_multimodal(config)
     base = gemma4.Gemma4ForConditionalGenerationGPTQ if multimodal else gemma4.Gemma4TextQModel
     return type(f"Studio{base.__name__}", (base,), {"loader": _StudioModelLoader})
 
@@ -454,8 +454,8 @@ def load_quantized(path: str | Path, device: str = "cpu", dtype: torch.dtype | s
     BACKEND = import_gptqmodel().BACKEND
 
     path = Path(path)
-    if not (path / "quantize_config.json").is_file():
-        raise FileNotFoundError(f"model: {path} has no quantize_config.json (not a GPTQ checkpoint)")
+    if not is_gptq_checkpoint(path):
+        raise FileNotFoundError(f"model: {path} is not a GPTQ checkpoint (no quantize_config.json)")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")

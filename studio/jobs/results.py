@@ -12,9 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-STATS_FILE = "flap_stats.safetensors"
-SUMMARY_FILE = "prune_summary.json"
-QUANT_LOG_FILE = "quant_log.csv"
+from studio.checkpoint import CONFIG_FILE, FLAP_STATS_FILE, PRUNE_SUMMARY_FILE, QUANT_LOG_FILE
+
 # The models a job's evaluation compares, in pipeline order.
 EVALUATED_STAGES = ("base", "pruned", "compressed")
 
@@ -59,10 +58,10 @@ def job_outputs(job_dir: str | Path) -> JobOutputs:
         export = _existing(Path(json.loads(export_record.read_text())["path"]))
     return JobOutputs(
         job_dir=job_dir,
-        statistics=_existing(stages / "statistics" / STATS_FILE),
-        pruned_model=_existing(stages / "prune" / "model" / "config.json") and stages / "prune" / "model",
-        prune_summary=_existing(stages / "prune" / "model" / SUMMARY_FILE),
-        quantized_model=_existing(stages / "quantize" / "model" / "config.json") and stages / "quantize" / "model",
+        statistics=_existing(stages / "statistics" / FLAP_STATS_FILE),
+        pruned_model=_existing(stages / "prune" / "model" / CONFIG_FILE) and stages / "prune" / "model",
+        prune_summary=_existing(stages / "prune" / "model" / PRUNE_SUMMARY_FILE),
+        quantized_model=_existing(stages / "quantize" / "model" / CONFIG_FILE) and stages / "quantize" / "model",
         quant_log=_existing(stages / "quantize" / "model" / QUANT_LOG_FILE),
         export=export,
         perplexity=_existing(stages / "evaluate" / "perplexity.json"),
@@ -72,11 +71,11 @@ def job_outputs(job_dir: str | Path) -> JobOutputs:
 def find_statistics(path: str | Path) -> Path:
     """A `flap_stats.safetensors` from itself, a prune output folder or a job folder."""
     path = Path(str(path).strip()).expanduser()
-    candidates = [path, path / STATS_FILE, path / "stages" / "statistics" / STATS_FILE]
+    candidates = [path, path / FLAP_STATS_FILE, path / "stages" / "statistics" / FLAP_STATS_FILE]
     for candidate in candidates:
         if candidate.is_file() and candidate.name.endswith(".safetensors"):
             return candidate
-    raise ValueError(f"statistics: no {STATS_FILE} at {path} (give the file, a prune output or a job folder)")
+    raise ValueError(f"statistics: no {FLAP_STATS_FILE} at {path} (give the file, a prune output or a job folder)")
 
 
 def read_prune_summary(outputs: JobOutputs) -> dict | None:
@@ -98,7 +97,7 @@ def read_quant_records(outputs: JobOutputs) -> list | None:
 def _checkpoint_bytes(folder: Path | None) -> int | None:
     if folder is None:
         return None
-    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors") if p.name != STATS_FILE)
+    return sum(p.stat().st_size for p in Path(folder).glob("*.safetensors") if p.name != FLAP_STATS_FILE)
 
 
 def analysis_summary(job_dir: str | Path, spec) -> dict:

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from studio.calibration import CalibrationSpec
+from studio.checkpoint import DTYPE_NAMES
 from studio.flap.settings import FlapSettings
+from studio.hub_text import is_hub_source
 from studio.model_source import resolve_model
 from studio.paths import presets_dir
 from studio.safety import parse_yaml, read_utf8
 
-DTYPES = ("bfloat16", "float16", "float32")
+DTYPES = DTYPE_NAMES
 GPTQ_BITS = (2, 3, 4, 8)
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 # The card calibrates on WikiText-2 train (CalibrationSpec's default) and we report perplexity on its test split.
@@ -193,7 +195,7 @@ def _model(value, base: Path) -> str:
 def _text_source(name: str, value, base: Path) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name}: must be a text file path or 'hf:DATASET/CONFIG/SPLIT', got {value!r}")
-    if value.startswith("hf:"):
+    if is_hub_source(value):
         return value
     path = _local_path(value, base)
     if not path.is_file():

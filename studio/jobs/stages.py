@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from studio.atomic import atomic_directory
+from studio.checkpoint import gptq_compute_dtype, is_gptq_checkpoint, torch_dtype
 from studio.jobs.spec import JobSpec
 from studio.jobs.store import JobStore
 from studio.paths import exports_dir
@@ -82,12 +83,6 @@ def require(module: str):
         return importlib.import_module(module)
     except ModuleNotFoundError as err:
         raise StageUnavailable(f"{module} is not available in this installation ({err})") from err
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
 
 
 def flap_pipeline():
@@ -232,9 +227,9 @@ def evaluated_checkpoints(ctx: StageContext) -> list[tuple[str, str | Path]]:
 def _load_for_evaluation(ctx: StageContext, checkpoint: str | Path):
     from studio.modeling import load_model
 
-    if (Path(checkpoint) / "quantize_config.json").is_file():
+    if is_gptq_checkpoint(checkpoint):
         # GPTQ kernels compute in 16-bit; a float32 job evaluates its INT4 model in bfloat16.
-        dtype = ctx.spec.dtype if ctx.spec.dtype != "float32" else "bfloat16"
+        dtype = gptq_compute_dtype(ctx.spec.dtype).name
         return require("studio.gptq.quantize").load_quantized(checkpoint, device=ctx.device, dtype=dtype)
     return load_model(checkpoint, dtype=torch_dtype(ctx.spec.dtype), device=ctx.device)
 

@@ -4,7 +4,8 @@ Each job lives in `STUDIO_HOME/jobs/<id>/`:
     spec.json     the normalised spec (never changes after submit)
     state.json    status, stage, progress, error, owner; replaced atomically on every change
     job.log       everything the job printed or logged
-    stages/<n>-<name>/   each finished stage's output and its fingerprint (see stages.py)
+    stages/<name>/  each finished stage's output and its fingerprint.json, one folder per stage
+                    (calibrate, statistics, prune, quantize, export, evaluate; see stages.py)
 
 Readers (UI, CLI) just read state.json: a rename replaces it, so a reader sees the old or the new
 version, never half of one. Writers (the worker, `cancel`) change it read-modify-write under a

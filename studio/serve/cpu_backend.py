@@ -35,6 +35,7 @@ from transformers import (
     TopPLogitsWarper,
 )
 
+from studio.checkpoint import is_checkpoint_folder
 from studio.modeling import ConstructionStopped, load_model, stoppable_construction
 from studio.serve.chat import (
     ChatError,
@@ -134,7 +135,7 @@ class TransformersBackend:
         dtype: torch.dtype = torch.float32,
     ):
         self.model_dir = Path(model_dir)
-        if not (self.model_dir / "config.json").is_file():
+        if not is_checkpoint_folder(self.model_dir):
             raise ValueError(f"model_dir: {self.model_dir} holds no config.json")
         self.name = name or self.model_dir.name
         self._loader = loader or functools.partial(load_model, dtype=dtype)

@@ -41,8 +41,16 @@ import httpx
 import psutil
 import yaml
 
+from studio.checkpoint import (
+    FLAP_STATS_FILE,
+    WEIGHTS_INDEX_FILE,
+    is_flap_pruned,
+    is_gptq_checkpoint,
+    read_config,
+    text_config_of,
+)
 from studio.serve.client import OpenAIBackend, api_base_url
-from studio.serve.memory import GIB, GpuShare, fit_max_model_len, plan_gpu_shares, read_config
+from studio.serve.memory import GIB, GpuShare, fit_max_model_len, plan_gpu_shares
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VLLM_PYTHON = REPO_ROOT / ".venv-vllm" / "bin" / "python"
@@ -211,8 +219,7 @@ def gpu_total_memory_bytes(index: int = 0) -> int:
 
 def is_export_folder(model_dir: Path, config: dict) -> bool:
     """An export that brings vLLM settings or a plugin of its own (a FLAP-pruned checkpoint)."""
-    text = config.get("text_config") or config
-    return (model_dir / EXPORT_CONFIG).is_file() or bool(text.get("flap_pruned"))
+    return (model_dir / EXPORT_CONFIG).is_file() or is_flap_pruned(config)
 
 
 def plugin_distributions(folder: Path) -> list:
@@ -262,11 +269,9 @@ def loadable_plugins(folders: Sequence[Path]) -> list[str]:
 def stray_weight_files(model_dir: Path) -> list[str]:
     """Files that vLLM would take for weights but are not: FLAP statistics beside the weights of
     a folder without an index (vLLM then loads every *.safetensors in it)."""
-    from studio.flap.pipeline import STATS_FILE  # imports torch; only reached when starting a server
-
-    if (model_dir / "model.safetensors.index.json").is_file():
+    if (model_dir / WEIGHTS_INDEX_FILE).is_file():
         return []
-    return [STATS_FILE] if (model_dir / STATS_FILE).is_file() else []
+    return [FLAP_STATS_FILE] if (model_dir / FLAP_STATS_FILE).is_file() else []
 
 
 def check_servable(
@@ -291,9 +296,9 @@ def check_servable(
     if isinstance(tensor_parallel_size, bool) or not isinstance(tensor_parallel_size, int) or tensor_parallel_size < 1:
         raise ValueError(f"tensor_parallel_size: must be a positive integer, got {tensor_parallel_size!r}")
     config = read_config(model_dir)
-    text = config.get("text_config") or config
+    text = text_config_of(config)
     where = f"model_dir: {model_dir}"
-    if text.get("flap_pruned"):
+    if is_flap_pruned(config):
         widths = text.get("intermediate_sizes")
         layers = text.get("num_hidden_layers")
         if not isinstance(widths, list) or len(widths) != layers or not all(isinstance(w, int) and w > 0 for w in widths):
@@ -382,15 +387,6 @@ def context_cap(spec: ServerSpec) -> int:
     options = export_options(spec.path)
     configured = options.get("max-model-len", options.get("max_model_len"))
     return int(spec.max_model_len or configured or DEFAULT_MAX_MODEL_LEN)
-
-
-def is_gptq_checkpoint(model_dir: str | Path) -> bool:
-    """True for a GPTQ export (its `quantize_config.json`, or a GPTQ `quantization_config`)."""
-    model_dir = Path(model_dir)
-    if (model_dir / "quantize_config.json").is_file():
-        return True
-    quantization = read_config(model_dir).get("quantization_config") or {}
-    return str(quantization.get("quant_method", "")).lower() == "gptq"
 
 
 def choose_engine(model_dir: str | Path, device: str, vllm_available: bool) -> str:

@@ -12,10 +12,11 @@ KV (`num_kv_shared_layers`, the last ones) store none; sliding-window layers sto
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from studio.checkpoint import DEFAULT_DTYPE, find_dtype, read_config, text_config_of
 
 GIB = 1024**3
 # Per-server memory beyond weights and KV cache: activations, CUDA graphs, encoder caches.
@@ -24,7 +25,6 @@ DEFAULT_RESERVE_BYTES = 2 * GIB
 BLOCK_TOKENS = 16
 # Below this a chat is not useful; a smaller fit is reported as not fitting.
 MIN_CONTEXT_TOKENS = 512
-_DTYPE_BYTES = {"float32": 4, "float": 4, "bfloat16": 2, "float16": 2, "half": 2}
 
 
 @dataclass(frozen=True)
@@ -35,28 +35,18 @@ class GpuShare:
     max_model_len: int
 
 
-def read_config(model_dir: str | Path) -> dict:
-    path = Path(model_dir) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"model_dir: {Path(model_dir)} holds no config.json")
-    return json.loads(path.read_text())
-
-
 def weights_bytes(model_dir: str | Path) -> int:
     """Bytes of the checkpoint's weight files (packed INT4 weights count at their packed size)."""
     files = [*Path(model_dir).glob("*.safetensors"), *Path(model_dir).glob("*.bin")]
     return sum(f.stat().st_size for f in files)
 
 
-def _text_config(config: dict) -> dict:
-    return config.get("text_config") or config
-
-
 def kv_cache_bytes(config: dict, tokens: int, dtype: str | None = None) -> int:
     """Bytes of KV cache one sequence of `tokens` tokens needs (an upper bound)."""
-    text = _text_config(config)
-    dtype = dtype if dtype not in (None, "auto") else (config.get("dtype") or text.get("dtype") or "bfloat16")
-    element = _DTYPE_BYTES.get(str(dtype).removeprefix("torch."), 2)
+    text = text_config_of(config)
+    dtype = dtype if dtype not in (None, "auto") else (config.get("dtype") or text.get("dtype") or DEFAULT_DTYPE)
+    known = find_dtype(dtype)
+    element = known.bytes if known else 2  # an unknown spelling counts as 16-bit
     layers = int(text["num_hidden_layers"])
     layer_types = text.get("layer_types") or ["full_attention"] * layers
     storing = layers - int(text.get("num_kv_shared_layers") or 0)
@@ -80,7 +70,7 @@ def fit_max_model_len(
     """The longest context (a multiple of 16 tokens, at most `cap` and the model's limit) whose KV
     cache fits in `kv_budget_bytes`; a limit below 512 tokens is kept as it is. Raises ValueError
     when not even min(512, limit) tokens fit."""
-    limit = int(_text_config(config).get("max_position_embeddings") or 2**20)
+    limit = int(text_config_of(config).get("max_position_embeddings") or 2**20)
     if cap is not None:
         limit = min(limit, int(cap))
     floor = min(MIN_CONTEXT_TOKENS, limit)

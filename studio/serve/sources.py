@@ -14,9 +14,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from studio.checkpoint import is_checkpoint_folder, is_gptq_checkpoint
 from studio.serve.chat import ChatBackend
 from studio.serve.client import OpenAIBackend, api_base_url
-from studio.serve.manager import ServerManager, ServerSpec, choose_engine, is_gptq_checkpoint
+from studio.serve.manager import ServerManager, ServerSpec, choose_engine
 
 ENGINES = ("auto", "vllm", "transformers")
 
@@ -39,7 +40,7 @@ class ModelSource:
             url, _, model = text.partition("#")
             return cls(field, url=api_base_url(url), model=model or None)
         folder = Path(text).expanduser().resolve()
-        if not (folder / "config.json").is_file():
+        if not is_checkpoint_folder(folder):
             raise ValueError(f"{field}: {folder} is neither a URL nor a model folder (no config.json)")
         return cls(field, folder=folder)
 

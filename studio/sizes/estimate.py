@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from studio.checkpoint import is_multimodal
 from studio.sizes.components import COMPONENT_LABELS, COMPONENTS, component_of
 from studio.sizes.report import DTYPE_BYTES, GPTQ_PARTS, ComponentSize, SizeReport, TensorInfo, safetensors_dtype, tally_components
 
@@ -155,7 +156,7 @@ def _meta_model(config):
 
     config = copy.deepcopy(config)
     text_config_of(config).flap_pruned = False  # plans apply to the unpruned model
-    multimodal = getattr(config, "text_config", None) is not None
+    multimodal = is_multimodal(config)
     config.architectures = ["Gemma4ForConditionalGeneration" if multimodal else "Gemma4ForCausalLM"]
     with model_construction(), torch.device("meta"):
         model = model_class_for(config)(config)

@@ -11,25 +11,18 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
+from studio.checkpoint import SAFETENSORS_DTYPES, SAFETENSORS_FLOAT_CODES, dtype_of
 from studio.sizes.components import COMPONENTS, component_of
 
 # The tensors GPTQ v1 stores in place of a quantized module's weight (`estimate.gptq_tensor_infos`).
 GPTQ_PARTS = ("qweight", "qzeros", "scales", "g_idx")
-DTYPE_BYTES = {
-    "BOOL": 1, "U8": 1, "I8": 1, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I16": 2, "U16": 2, "F16": 2, "BF16": 2,
-    "I32": 4, "U32": 4, "F32": 4,
-    "I64": 8, "U64": 8, "F64": 8,
-}  # fmt: skip
-FLOAT_DTYPES = frozenset({"F16", "BF16", "F32", "F64"})
-_DTYPE_NAMES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}
+DTYPE_BYTES = {code: size for code, (_, size) in SAFETENSORS_DTYPES.items()}
+FLOAT_DTYPES = SAFETENSORS_FLOAT_CODES
 
 
 def safetensors_dtype(name: str) -> str:
     """The safetensors name ("BF16") of a dtype the studio saves in ("bfloat16")."""
-    if name not in _DTYPE_NAMES:
-        raise ValueError(f"dtype: must be one of {', '.join(_DTYPE_NAMES)}, got {name!r}")
-    return _DTYPE_NAMES[name]
+    return dtype_of(name).safetensors
 
 
 @dataclass(frozen=True)
