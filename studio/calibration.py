@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from studio.fields import reject_unknown
 from studio.safety import read_utf8
 
 if TYPE_CHECKING:
@@ -56,10 +57,7 @@ class CalibrationSpec:
     @classmethod
     def from_dict(cls, data: dict) -> CalibrationSpec:
         """A spec from a job spec's `calibration` section (or a stored one); unknown fields are errors."""
-        allowed = tuple(f.name for f in fields(cls))
-        for key in data:
-            if key not in allowed:
-                raise ValueError(f"calibration.{key}: unknown field (allowed: {', '.join(allowed)})")
+        reject_unknown("calibration.", data, (f.name for f in fields(cls)))
         return cls(**data)
 
     @staticmethod

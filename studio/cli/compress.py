@@ -68,7 +68,7 @@ def job_spec(args, out: Path):
     """The job spec of the command line: what `compress` runs, checked before any work starts."""
     from dataclasses import asdict
 
-    from studio.jobs.spec import OUTPUT_NAME, parse_spec
+    from studio.jobs.spec import CALIBRATION_FIELDS, OUTPUT_NAME, parse_spec
 
     plan = resolve_plan_argument(args, args.model)
     calibration = CalibrationSpec.from_args(args)
@@ -84,7 +84,7 @@ def job_spec(args, out: Path):
             "dtype": args.dtype,
             "plan": plan if isinstance(plan, float) else plan.to_preset(),
             "flap": asdict(flap),
-            "calibration": {field: getattr(calibration, field) for field in ("source", "samples", "seqlen", "seed")},
+            "calibration": {field: getattr(calibration, field) for field in CALIBRATION_FIELDS},
             "quantize": False if quantize is None else quantize.section(),
             "export": export.to_dict(),
             "evaluate": False,

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from studio.fields import reject_unknown
+
 # The card calibrates on WikiText-2 train (CalibrationSpec's default) and reports perplexity on its test split.
 DEFAULT_SOURCE = "hf:wikitext/wikitext-2-raw-v1/test"
 
@@ -41,10 +43,7 @@ class EvalSettings:
     @classmethod
     def from_dict(cls, data: dict) -> EvalSettings:
         """Settings from a job spec's `evaluate` section (or a stored one); unknown fields are errors."""
-        allowed = FIELDS
-        for key in data:
-            if key not in allowed:
-                raise ValueError(f"evaluate.{key}: unknown field (allowed: {', '.join(allowed)})")
+        reject_unknown("evaluate.", data, FIELDS)
         return cls(**data)
 
     def to_dict(self) -> dict:

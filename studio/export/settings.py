@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from studio.fields import reject_unknown
+
 
 @dataclass(frozen=True)
 class ExportSettings:
@@ -26,10 +28,7 @@ class ExportSettings:
     @classmethod
     def from_dict(cls, data: dict) -> ExportSettings:
         """Settings from a job spec's `export` mapping (or a stored one); unknown fields are errors."""
-        allowed = tuple(f.name for f in fields(cls))
-        for key in data:
-            if key not in allowed:
-                raise ValueError(f"export.{key}: unknown field (allowed: {', '.join(allowed)})")
+        reject_unknown("export.", data, (f.name for f in fields(cls)))
         return cls(**data)
 
     def to_dict(self) -> dict:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, fields
 
+from studio.fields import reject_unknown
+
 METRICS = ("wifv", "wifn", "ifv")
 # What replaces the removed channels' contribution to a layer's down_proj output:
 # - bias:  their mean, folded into a bias (FLAP, the card's method);
@@ -67,10 +69,7 @@ class FlapSettings:
         Unknown fields are errors. `bias_compensation: true|false` is the older spelling of
         `compensation: bias|none` (specs written before `compensation` existed).
         """
-        allowed = (*FIELDS, "bias_compensation")
-        for key in data:
-            if key not in allowed:
-                raise ValueError(f"flap.{key}: unknown field (allowed: {', '.join(allowed)})")
+        reject_unknown("flap.", data, (*FIELDS, "bias_compensation"))
         values = {name: data[name] for name in FIELDS if name in data}
         if "bias_compensation" in data:
             if "compensation" in data:

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
 from studio.calibration import CalibrationSpec
+from studio.fields import reject_unknown
 from studio.gptq.rules import DEFAULT_DYNAMIC, validate_dynamic
 
 GPTQ_BITS = (2, 3, 4, 8)
@@ -80,9 +81,7 @@ class QuantizeSettings:
     @classmethod
     def from_section(cls, section: Mapping, dtype: str, calibration: CalibrationSpec) -> QuantizeSettings:
         """Settings from a job spec's `quantize` section, with the spec's top-level dtype and calibration."""
-        for key in section:
-            if key not in SECTION_FIELDS:
-                raise ValueError(f"quantize.{key}: unknown field (allowed: {', '.join(SECTION_FIELDS)})")
+        reject_unknown("quantize.", section, SECTION_FIELDS)
         return cls(**section, dtype=dtype, calibration=calibration)
 
     def section(self) -> dict:

@@ -19,6 +19,7 @@ from typing import Any
 from studio.calibration import CalibrationSpec
 from studio.eval.settings import EvalSettings
 from studio.export.settings import ExportSettings
+from studio.fields import reject_unknown
 from studio.flap.settings import FlapSettings
 from studio.gptq.settings import QuantizeSettings
 from studio.model_source import HUB_ID
@@ -108,7 +109,7 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> JobSpec:
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if not isinstance(data, dict):
         raise ValueError(f"spec: must be a mapping at the top level, got {type(data).__name__}")
-    _reject_unknown("", data, TOP_LEVEL_KEYS)
+    reject_unknown("", data, TOP_LEVEL_KEYS)
     for required in ("model", "output", "plan"):
         if required not in data:
             raise ValueError(f"{required}: is required")
@@ -144,12 +145,6 @@ def _section(data: dict, name: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{name}: must be a mapping (or false to skip the stage), got {value!r}")
     return value
-
-
-def _reject_unknown(prefix: str, data: dict, allowed) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ValueError(f"{prefix}{key}: unknown field (allowed: {', '.join(allowed)})")
 
 
 def _bool(name: str, value) -> bool:
@@ -200,7 +195,7 @@ def _text_source(name: str, value, base: Path) -> str:
 
 
 def _calibration(section: dict, base: Path) -> CalibrationSpec:
-    _reject_unknown("calibration.", section, CALIBRATION_FIELDS)
+    reject_unknown("calibration.", section, CALIBRATION_FIELDS)
     values = dict(section)
     values["source"] = _text_source("calibration.source", section.get("source", CalibrationSpec.source), base)
     return CalibrationSpec.from_dict(values)  # validates, naming the field

@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 
 import html
-import importlib.util
 import re
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import gradio as gr
 from studio.jobs.results import job_outputs
 from studio.jobs.client import cancel, job_store, retry, submit
 from studio.ui import access
-from studio.flap.settings import COMPENSATIONS
+from studio.flap.settings import COMPENSATIONS, FlapSettings
 from studio.ui.components import OpenDropdown
 from studio.jobs.spec import parse_spec
 from studio.jobs.stages import STAGE_NAMES, STAGES
@@ -56,10 +55,6 @@ STAGE_MARKS = {
 UNIT_SINGULAR = {"layers": "layer", "batches": "batch", "modules": "module"}
 
 
-def export_available() -> bool:
-    return importlib.util.find_spec("studio.export") is not None
-
-
 def build_spec(
     model_state, plan_state, output, calibration: dict, quantize: bool, evaluate: bool, eval_text: str, flap: dict | None = None
 ) -> dict:
@@ -86,7 +81,7 @@ def build_spec(
             "seed": int(calibration["seed"]),
         },
         "quantize": {} if quantize else False,
-        "export": export_available(),
+        "export": True,
         "evaluate": {"source": eval_text, "seqlen": int(calibration["seqlen"]), "max_tokens": 4096} if evaluate else False,
     }
     return spec
@@ -359,13 +354,11 @@ def create_ui(ctx: StudioContext, shared: Shared):
         submit_button = gr.Button("Submit current plan", variant="primary", elem_id="submit-job", scale=1)
     with gr.Row():
         compensation = gr.Dropdown(
-            list(COMPENSATIONS), value="bias", label="compensation of the removed channels",
+            list(COMPENSATIONS), value=FlapSettings.compensation, label="compensation of the removed channels",
             info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
         )
-        sequential = gr.Checkbox(False, label="sequential calibration (each layer on the pruned layers before it)")
+        sequential = gr.Checkbox(FlapSettings.sequential, label="sequential calibration (each layer on the pruned layers before it)")
     submit_message = gr.Markdown(elem_id="submit-message")
-    if not export_available():
-        gr.Markdown("_Export is not part of this installation yet: results stay in the job folder._")
     with gr.Row():
         with gr.Column(scale=3):
             listing = gr.HTML(elem_id="job-list")
@@ -388,7 +381,8 @@ def create_ui(ctx: StudioContext, shared: Shared):
     cal = shared.calibration
 
     def submit_current_plan(output_name, quantize_after, evaluate_after, model_state, plan_state,
-                            calibration_source, samples, seqlen, seed, compensation_choice="bias", sequential_choice=False,
+                            calibration_source, samples, seqlen, seed, compensation_choice=FlapSettings.compensation,
+                            sequential_choice=FlapSettings.sequential,
                             profile: gr.OAuthProfile | None = None):
         # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
         # A refusal is an error (API callers get it as one), like cancelling someone else's job.
