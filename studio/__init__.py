@@ -22,7 +22,7 @@ _EXPORTS = {
     "collect_statistics": "studio.flap.stats",
     "FlapSettings": "studio.flap.settings",
     "prune_checkpoint": "studio.flap.pipeline",
-    "QuantizeSettings": "studio.gptq.quantize",
+    "QuantizeSettings": "studio.gptq.settings",
     "quantize_checkpoint": "studio.gptq.quantize",
     "load_quantized": "studio.gptq.quantize",
     "export_checkpoint": "studio.export",

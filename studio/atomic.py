@@ -33,11 +33,13 @@ def atomic_directory(target: str | Path, overwrite: bool = True) -> Iterator[Pat
         _replace_directory(staging, target)
     except BaseException as err:
         shutil.rmtree(staging, ignore_errors=True)
-        failure = _storage_failure(err)
+        # A nested atomic folder (a job stage's export) already named the folder that failed.
+        failure = None if getattr(err, "refused_folder", None) else _storage_failure(err)
         if failure is not None:
             code, reason = failure
             refused = OSError(f"{target}: {reason} while writing it (the partial output was removed)")
             refused.errno = code
+            refused.refused_folder = target
             raise refused from err
         raise
 

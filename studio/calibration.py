@@ -12,11 +12,12 @@ text tokens, so FLAP statistics, the refit and GPTQ all calibrate on BOS-led seq
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from studio.hub_text import HUB_GRAMMAR, is_hub_source, load_hub_text
+from studio.fields import reject_unknown
 from studio.safety import read_utf8
 
 if TYPE_CHECKING:
@@ -47,11 +48,40 @@ class CalibrationSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"calibration.{field}: must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"calibration.seed: must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"calibration.seed: must be a non-negative integer, got {self.seed!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CalibrationSpec:
+        """A spec from a job spec's `calibration` section (or a stored one); unknown fields are errors."""
+        reject_unknown("calibration.", data, (f.name for f in fields(cls)))
+        return cls(**data)
+
+    @staticmethod
+    def add_arguments(parser) -> None:
+        """The calibration options of the commands that calibrate, these defaults as theirs."""
+        defaults = CalibrationSpec()
+        parser.add_argument(
+            "--calib",
+            default=defaults.source,
+            help=f"calibration text: a text file or {HUB_GRAMMAR} (default: {defaults.source})",
+        )
+        parser.add_argument(
+            "--samples", type=int, default=defaults.samples, help=f"calibration samples (default: {defaults.samples})"
+        )
+        parser.add_argument(
+            "--seqlen", type=int, default=defaults.seqlen, help=f"tokens per sample (default: {defaults.seqlen})"
+        )
+        parser.add_argument(
+            "--seed", type=int, default=defaults.seed, help=f"calibration sampling seed (default: {defaults.seed})"
+        )
+
+    @classmethod
+    def from_args(cls, args) -> CalibrationSpec:
+        return cls(source=args.calib, samples=args.samples, seqlen=args.seqlen, seed=args.seed)
 
 
 def load_calibration_text(spec: CalibrationSpec) -> str:

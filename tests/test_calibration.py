@@ -46,7 +46,8 @@ def test_too_little_text_says_how_much_there_is():
     [
         ("samples", 0, "calibration.samples: must be a positive integer"),
         ("seqlen", -5, "calibration.seqlen: must be a positive integer"),
-        ("seed", "x", "calibration.seed: must be an integer"),
+        ("seed", "x", "calibration.seed: must be a non-negative integer, got 'x'"),
+        ("seed", -1, "calibration.seed: must be a non-negative integer, got -1"),  # the job spec's rule, now everywhere
         ("source", " ", "calibration.source"),
     ],
 )

@@ -166,7 +166,7 @@ def test_streamed_prune_equals_in_memory_prune_bit_for_bit(demo_model_dir, tmp_p
         plan = load_plan(find_preset(plan), load_text_config(demo_model_dir))
     spec = CalibrationSpec(source=str(CALIBRATION_TEXT), samples=3, seqlen=48)
     settings = FlapSettings(**choices)
-    in_memory = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "mem", settings, dtype=dtype)
+    in_memory = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "mem", replace(settings, layerwise=False), dtype=dtype)
     streamed = prune_checkpoint(demo_model_dir, plan, spec, tmp_path / "str", replace(settings, layerwise=True), dtype=dtype)
     assert streamed == in_memory
     a, b = _all_tensors(tmp_path / "mem"), _all_tensors(tmp_path / "str")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from studio.checkpoint import DTYPE_NAMES
-from studio.cli.prune import add_calibration_arguments, calibration_spec
+from studio.calibration import CalibrationSpec
+from studio.gptq.settings import DTYPES, QuantizeSettings
 
 
 def add_parser(subparsers) -> None:
@@ -20,42 +20,18 @@ def add_parser(subparsers) -> None:
         "output folder appears only when complete.",
     )
     parser.add_argument("--model", required=True, type=Path, help="checkpoint folder (pruned or stock)")
-    add_calibration_arguments(parser, samples=256, seqlen=2048)
-    add_gptq_arguments(parser)
+    CalibrationSpec.add_arguments(parser)
+    QuantizeSettings.add_arguments(parser)
     parser.add_argument(
         "--dtype",
-        default="bfloat16",
-        choices=DTYPE_NAMES,
-        help="dtype the model is loaded and unquantized modules are saved in (default: bfloat16)",
+        default=QuantizeSettings.dtype,
+        choices=DTYPES,
+        help=f"dtype the model is loaded and unquantized modules are saved in (default: {QuantizeSettings.dtype})",
     )
     parser.add_argument("--device", default=None, help="where GPTQ runs, e.g. cuda:0 or cpu (default: first GPU, else cpu)")
     parser.add_argument("--max-shard-size", default="4GB", help="safetensors shard size (default: 4GB)")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.set_defaults(func=run)
-
-
-def add_gptq_arguments(parser) -> None:
-    """The GPTQ options shared by `quantize` and `compress` (the card's settings as defaults)."""
-    parser.add_argument("--bits", type=int, default=4, help="weight bits: 2, 3, 4 or 8 (default: 4)")
-    parser.add_argument("--group-size", type=int, default=128, help="quantization group size, -1 for none (default: 128)")
-    parser.add_argument("--no-sym", action="store_true", help="asymmetric quantization (default: symmetric)")
-    parser.add_argument("--no-desc-act", action="store_true", help="quantize columns in order (default: desc_act)")
-    parser.add_argument("--damp-percent", type=float, default=0.01, help="Hessian damping fraction (default: 0.01)")
-
-
-def quantize_settings(args, calibration):
-    """`QuantizeSettings` from the options of `add_gptq_arguments` and `--dtype`."""
-    from studio.gptq.quantize import QuantizeSettings
-
-    return QuantizeSettings(
-        bits=args.bits,
-        group_size=args.group_size,
-        sym=not args.no_sym,
-        desc_act=not args.no_desc_act,
-        damp_percent=args.damp_percent,
-        dtype=args.dtype,
-        calibration=calibration,
-    )
 
 
 def print_progress(done: int, total: int, unit: str) -> None:
@@ -70,8 +46,8 @@ def run(args) -> int:
 
     if not (args.model / "config.json").is_file():
         raise FileNotFoundError(f"--model: no config.json in {args.model}")
-    spec = calibration_spec(args)
-    settings = quantize_settings(args, spec)
+    spec = CalibrationSpec.from_args(args)
+    settings = QuantizeSettings.from_args(args, spec)
     ids = build_calibration_ids(AutoTokenizer.from_pretrained(args.model), spec)
     result = quantize_checkpoint(
         args.model,

@@ -7,16 +7,18 @@ from pathlib import Path
 import torch
 
 from studio.checkpoint import gptq_compute_dtype, is_gptq_checkpoint
+from studio.model_source import HUB_ID
 from studio.eval.perplexity import PerplexityResult, evaluate_perplexity, load_eval_text
 
 
 def load_eval_model(path: str | Path, dtype: torch.dtype = torch.float32, device: str | None = None):
-    """The model in `path`, in eval mode: GPTQ exports through `studio.gptq.quantize.load_quantized`
+    """The model in `path` (a folder, or a hub id), in eval mode: GPTQ exports through `studio.gptq.quantize.load_quantized`
     (GPTQModel's kernels, bfloat16 unless float16 is asked for), the rest through
     `studio.modeling.load_model` (stock and FLAP-pruned checkpoints)."""
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model: no config.json in {path}")
+    if Path(path).is_dir() or not HUB_ID.match(str(path)):  # a hub id (a job's base model) loads from the hub
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"model: no config.json in {path}")
     if is_gptq_checkpoint(path):
         from studio.gptq.quantize import load_quantized
 

@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 from studio.calibration import leading_bos
+from studio.eval.settings import DEFAULT_SOURCE
 from studio.hub_text import is_hub_source, load_hub_text
 
-# The standard evaluation text: WikiText-2 (raw) test split on the Hugging Face hub.
-WIKITEXT2_TEST = "hf:wikitext/wikitext-2-raw-v1/test"
+# The standard evaluation text: WikiText-2 (raw) test split on the Hugging Face hub (the evaluate stage's default).
+WIKITEXT2_TEST = DEFAULT_SOURCE
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,13 @@
-"""FLAP end to end on a checkpoint: calibrate, collect statistics, score, plan, prune, save.
+"""FLAP on a checkpoint: calibrate, collect statistics and scores, plan, prune, save.
 
-Each stage is its own function so the job runner can persist and resume them one by one;
-`prune_checkpoint` chains them for the CLI.
+The one implementation of the calibrate, statistics and prune stages, behind every front end: the
+job stages (`studio.jobs.stages`) call `calibration_ids`, `checkpoint_statistics` and
+`prune_checkpoint` one by one and persist each result; `python -m studio prune` and the API call
+`prune_checkpoint` alone, which then tokenises and collects the statistics itself.
+
+With `settings.layerwise` and a local safetensors checkpoint, both the statistics pass and the
+prune stream the model from its shards, one decoder layer at a time (`studio.streaming`); else the
+model is loaded whole (layerwise: on the CPU, one layer at a time visiting the device).
 
 With `bias` or `none` compensation, one-shot, pruning needs only the statistics. A refit or a
 sequential pass prunes inside a second, layer-by-layer pass over the calibration data
@@ -13,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -179,6 +186,94 @@ def describe_settings(settings: FlapSettings) -> dict:
     return described
 
 
+Statistics = tuple[FlapStatistics, list[torch.Tensor]]
+
+
+def streams(settings: FlapSettings, model_dir: str | Path) -> bool:
+    """Whether the model is read layer by layer from its shards instead of loaded whole."""
+    from studio.streaming import Checkpoint
+
+    return settings.layerwise and Checkpoint.is_checkpoint(model_dir)
+
+
+def needs_statistics(plan: PruningPlan | float, settings: FlapSettings) -> bool:
+    """A ratio needs scores to choose widths; a refit or sequential prune with known widths
+    measures during its own pass and needs no separate statistics pass."""
+    return not isinstance(plan, PruningPlan) or not settings.calibrates_while_pruning
+
+
+def checkpoint_statistics(
+    model_dir: str | Path,
+    calibration_ids: torch.Tensor,
+    settings: FlapSettings = FlapSettings(),
+    device: str | None = None,
+    dtype: torch.dtype | str = "auto",
+    progress: ProgressFn | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Statistics:
+    """Stage "statistics": FLAP's per-channel moments of every FFN's down_proj input, and the scores."""
+    if streams(settings, model_dir):
+        from studio.streaming import StreamedDecoder
+
+        return _streamed_statistics(StreamedDecoder(model_dir, dtype, device), calibration_ids, settings, progress, should_stop)
+    model = load_model(model_dir, dtype=dtype, device=None if settings.layerwise else device)
+    return _model_statistics(model, calibration_ids, settings, device, progress, should_stop)
+
+
+def _model_statistics(model, ids, settings: FlapSettings, device, progress, should_stop) -> Statistics:
+    stats = collect_statistics(
+        model, ids, settings.batch_size, device, settings.layerwise, progress=progress, should_stop=should_stop
+    )
+    return stats, model_scores(model, stats, settings.metric)
+
+
+def _streamed_statistics(source, ids, settings: FlapSettings, progress, should_stop) -> Statistics:
+    """Layers read from the shards one at a time; scores need each layer's down_proj alone."""
+    from studio.flap.scores import channel_scores
+    from studio.flap.stats import collect_statistics_layerwise
+
+    stats = collect_statistics_layerwise(source, ids, settings.batch_size, progress, should_stop)
+    scores = [
+        channel_scores(settings.metric, m.mean, m.variance, source.tensor(f"layers.{i}.mlp.down_proj.weight"))
+        for i, m in enumerate(stats.layers)
+    ]
+    return stats, scores
+
+
+@dataclass(frozen=True)
+class _PruneRun:
+    """What both prune paths share: the inputs of one `prune_checkpoint` call."""
+
+    model_dir: str | Path
+    calibration: CalibrationSpec
+    ids: torch.Tensor
+    processor: object
+    settings: FlapSettings
+    device: str | None
+    dtype: torch.dtype | str
+    progress: ProgressFn | None
+    should_stop: Callable[[], bool] | None
+
+    def given_statistics(self, plan, statistics: Statistics | None) -> tuple:
+        """A finished statistics pass, used where the prune needs one: a refit or sequential prune
+        with known widths measures in its own pass whoever calls it, so every front end gets the same result."""
+        if statistics is None or not needs_statistics(plan, self.settings):
+            return None, None
+        return statistics
+
+    def summary(self, results, params_before: int, params_after: int, plan: PruningPlan) -> dict:
+        summary = prune_summary(results, params_before, params_after, plan)
+        summary.update(describe_settings(self.settings))
+        summary["calibration"] = self.calibration.to_dict()
+        return summary
+
+    def write_side_files(self, staging: Path, summary: dict, stats: FlapStatistics, scores) -> None:
+        """Processor, statistics and summary beside the weights."""
+        self.processor.save_pretrained(staging)
+        save_statistics(staging / STATS_FILE, stats, scores, self.settings.metric)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def prune_checkpoint(
     model_dir: str | Path,
     plan: PruningPlan | float,
@@ -189,88 +284,65 @@ def prune_checkpoint(
     dtype: torch.dtype | str = "auto",
     progress: ProgressFn | None = None,
     should_stop: Callable[[], bool] | None = None,
+    calibration_ids: torch.Tensor | None = None,
+    statistics: Statistics | None = None,
 ) -> dict:
     """Prune `model_dir` with FLAP and write the pruned checkpoint to `out_dir` (atomically).
 
     `plan` is a resolved `PruningPlan` or a global ratio, in which case the plan is suggested from
-    the scores of a one-shot statistics pass. Returns the prune summary (also written as
-    `prune_summary.json`).
+    the scores of a one-shot statistics pass. `calibration_ids` are the ids of `calibration`
+    (tokenised here when not given); `statistics` a finished statistics pass over them, used when
+    the plan or settings need one (`needs_statistics`; collected here when none is given). Returns the prune summary (also
+    written as `prune_summary.json`).
 
-    With `settings.layerwise` and a local safetensors folder, the model is never loaded whole: see
-    `prune_checkpoint_streamed`.
+    With `settings.layerwise` and a local safetensors folder, the model is never loaded whole: each
+    layer is read from the shards, pruned and written before the next (`streams`).
     """
-    from studio.streaming import Checkpoint
-
-    if settings.layerwise and Checkpoint.is_checkpoint(model_dir):
-        return prune_checkpoint_streamed(
-            model_dir, plan, calibration, out_dir, settings, device, dtype, progress, should_stop
-        )
     processor = load_tokenizer(model_dir)
-    ids = build_calibration_ids(text_tokenizer(processor), calibration)
-    model = load_model(model_dir, dtype=dtype, device=None if settings.layerwise else device)
-    text_config = text_config_of(model.config)
-    stats = scores = None
-    # A refit or sequential prune with known widths measures during its own pass: no separate statistics pass.
-    if not isinstance(plan, PruningPlan) or not settings.calibrates_while_pruning:
-        stats = collect_statistics(
-            model, ids, settings.batch_size, device, settings.layerwise, progress=progress, should_stop=should_stop
-        )
-        scores = model_scores(model, stats, settings.metric)
+    if calibration_ids is None:
+        calibration_ids = build_calibration_ids(text_tokenizer(processor), calibration)
+    run = _PruneRun(model_dir, calibration, calibration_ids, processor, settings, device, dtype, progress, should_stop)
+    prune = _prune_streamed if streams(settings, model_dir) else _prune_in_memory
+    return prune(run, plan, out_dir, statistics)
+
+
+def _prune_in_memory(run: _PruneRun, plan, out_dir, statistics: Statistics | None) -> dict:
+    settings = run.settings
+    model = load_model(run.model_dir, dtype=run.dtype, device=None if settings.layerwise else run.device)
+    stats, scores = run.given_statistics(plan, statistics)
+    if stats is None and needs_statistics(plan, settings):
+        stats, scores = _model_statistics(model, run.ids, settings, run.device, run.progress, run.should_stop)
     if not isinstance(plan, PruningPlan):
-        plan = suggested_plan(scores, text_config, float(plan), settings.max_ratio)
+        plan = suggested_plan(scores, text_config_of(model.config), float(plan), settings.max_ratio)
     plan.validate()
     params_before = _param_count(model)
     stats, scores, results = apply_plan(
-        model, plan.widths, settings, stats, scores, ids, device, progress=progress, should_stop=should_stop
+        model, plan.widths, settings, stats, scores, run.ids, run.device, progress=run.progress, should_stop=run.should_stop
     )
-    summary = prune_summary(results, params_before, _param_count(model), plan)
-    summary.update(describe_settings(settings))
-    summary["calibration"] = calibration.to_dict()
+    summary = run.summary(results, params_before, _param_count(model), plan)
     with atomic_directory(out_dir) as staging:
         model.save_pretrained(staging)
-        processor.save_pretrained(staging)
-        save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
-        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        run.write_side_files(staging, summary, stats, scores)
     return summary
 
 
-def prune_checkpoint_streamed(
-    model_dir: str | Path,
-    plan: PruningPlan | float,
-    calibration: CalibrationSpec,
-    out_dir: str | Path,
-    settings: FlapSettings = FlapSettings(),
-    device: str | None = None,
-    dtype: torch.dtype | str = "auto",
-    progress: ProgressFn | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> dict:
-    """`prune_checkpoint` out of core: the same result, bit for bit, holding one decoder layer.
+def _prune_streamed(run: _PruneRun, plan, out_dir, statistics: Statistics | None) -> dict:
+    """`_prune_in_memory` out of core: the same result, bit for bit, holding one decoder layer.
 
     Layers are read from the checkpoint's shards one at a time (the embeddings only at the
-    calibration tokens) for the statistics pass; scores need each layer's down_proj alone. The
-    pruned checkpoint is written as it is made: every tensor outside the decoder layers is copied
-    through in chunks first, then each layer is read, pruned and written before the next (in the
-    refit or sequential pass, as that pass prunes it).
+    calibration tokens) for the statistics pass. The pruned checkpoint is written as it is made:
+    every tensor outside the decoder layers is copied through in chunks first, then each layer is
+    read, pruned and written before the next (in the refit or sequential pass, as that pass prunes it).
     """
-    from studio.flap.layerwise import prune_while_calibrating
     from studio.flap.prune import prune_layer
-    from studio.flap.scores import channel_scores
-    from studio.flap.stats import collect_statistics_layerwise
     from studio.modeling import mark_config_pruned
     from studio.streaming import LayerByLayerWriter, StreamedDecoder, meta_model, set_loaded_dtype
 
-    processor = load_tokenizer(model_dir)
-    ids = build_calibration_ids(text_tokenizer(processor), calibration)
-    source = StreamedDecoder(model_dir, dtype, device)
-    stats = scores = None
-    # As in `prune_checkpoint`: a refit or sequential prune with known widths needs no separate pass.
-    if not isinstance(plan, PruningPlan) or not settings.calibrates_while_pruning:
-        stats = collect_statistics_layerwise(source, ids, settings.batch_size, progress, should_stop)
-        scores = [
-            channel_scores(settings.metric, m.mean, m.variance, source.tensor(f"layers.{i}.mlp.down_proj.weight"))
-            for i, m in enumerate(stats.layers)
-        ]
+    settings = run.settings
+    source = StreamedDecoder(run.model_dir, run.dtype, run.device)
+    stats, scores = run.given_statistics(plan, statistics)
+    if stats is None and needs_statistics(plan, settings):
+        stats, scores = _streamed_statistics(source, run.ids, settings, run.progress, run.should_stop)
     if not isinstance(plan, PruningPlan):
         plan = suggested_plan(scores, source.text_config, float(plan), settings.max_ratio)
     plan.validate()
@@ -283,8 +355,9 @@ def prune_checkpoint_streamed(
         if settings.calibrates_while_pruning:
             fixed = None if settings.sequential else scores
             calibrated = prune_while_calibrating(
-                source, ids, plan.widths, settings, None, fixed, progress, should_stop, on_pruned=writer.write_layer
-            )
+                source, run.ids, plan.widths, settings, None, fixed, run.progress, run.should_stop,
+                on_pruned=writer.write_layer,
+            )  # fmt: skip
             results = calibrated.results
             if fixed is None:
                 stats, scores = calibrated.statistics, calibrated.scores
@@ -299,14 +372,10 @@ def prune_checkpoint_streamed(
                 results.append(LayerPruneResult(index, original, width, before, after, keep))
                 writer.write_layer(index, layer)
         writer.close()
-        summary = prune_summary(results, _param_count(source.model), _param_count(pruned_model), plan)
-        summary.update(describe_settings(settings))
-        summary["calibration"] = calibration.to_dict()
+        summary = run.summary(results, _param_count(source.model), _param_count(pruned_model), plan)
         pruned_config.save_pretrained(staging)
-        _copy_generation_config(model_dir, staging)
-        processor.save_pretrained(staging)
-        save_statistics(staging / STATS_FILE, stats, scores, settings.metric)
-        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+        _copy_generation_config(run.model_dir, staging)
+        run.write_side_files(staging, summary, stats, scores)
     return summary
 
 

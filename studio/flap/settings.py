@@ -1,12 +1,16 @@
-"""How FLAP scores, prunes and compensates: one settings type for the library, the CLI and job specs.
+"""How FLAP scores, prunes and compensates: one settings type for the library, the CLI, job specs and the UI.
 
 This module imports nothing heavy, so the job spec parser and the CLI read it without torch.
-Errors name the field as a job spec writes it (`flap.compensation: ...`).
+Errors name the field as a job spec writes it (`flap.compensation: ...`); the CLI renames the
+field to its flag (`from_args`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, fields
+
+from studio.fields import reject_unknown
 
 METRICS = ("wifv", "wifn", "ifv")
 # What replaces the removed channels' contribution to a layer's down_proj output:
@@ -30,8 +34,10 @@ class FlapSettings:
     refit_damp: float = 0.01
     sequential: bool = False
     batch_size: int = 1
-    # Keep the model where it loads (the CPU) and move one decoder layer at a time to the device.
-    layerwise: bool = False
+    # One decoder layer at a time on the device: read from the checkpoint's shards when the model is
+    # a local safetensors folder (never whole in memory), else moved from the CPU. Fits big models
+    # and reports progress per layer; off holds the whole model on the device.
+    layerwise: bool = True
     max_ratio: float = 0.5  # per-layer cap when a plan is suggested from a global ratio
 
     def __post_init__(self):
@@ -58,12 +64,100 @@ class FlapSettings:
 
     @classmethod
     def from_dict(cls, data: dict) -> FlapSettings:
-        """Settings from a stored mapping; specs written before `compensation` existed carry `bias_compensation`."""
-        data = dict(data)
-        legacy = data.pop("bias_compensation", None)
-        if legacy is not None and "compensation" not in data:
-            data["compensation"] = "bias" if legacy else "none"
-        return cls(**data)
+        """Settings from a job spec's `flap` section or a stored spec; absent fields take the defaults.
+
+        Unknown fields are errors. `bias_compensation: true|false` is the older spelling of
+        `compensation: bias|none` (specs written before `compensation` existed).
+        """
+        reject_unknown("flap.", data, (*FIELDS, "bias_compensation"))
+        values = {name: data[name] for name in FIELDS if name in data}
+        if "bias_compensation" in data:
+            if "compensation" in data:
+                raise ValueError("flap.bias_compensation: replaced by flap.compensation; give only flap.compensation")
+            legacy = data["bias_compensation"]
+            if not isinstance(legacy, bool):
+                raise ValueError(f"flap.bias_compensation: must be true or false, got {legacy!r}")
+            values["compensation"] = "bias" if legacy else "none"
+        return cls(**values)
+
+    @staticmethod
+    def add_arguments(parser, batch_size: bool = False) -> None:
+        """The FLAP options of `prune` and `compress`, these settings' defaults as theirs
+        (`--max-layer-ratio` goes with the plan options, `add_max_ratio_argument`)."""
+        defaults = FlapSettings()
+        parser.add_argument(
+            "--metric", default=defaults.metric, choices=METRICS, help=f"channel score (default: {defaults.metric})"
+        )
+        parser.add_argument(
+            "--compensation",
+            default=defaults.compensation,
+            choices=COMPENSATIONS,
+            help="what replaces the removed channels: bias (FLAP's mean-folding bias), refit (least-squares refit of "
+            "the kept down_proj columns and the bias to the full layer's output, one layer's Gram matrix at a time) "
+            f"or none (default: {defaults.compensation})",
+        )
+        parser.add_argument(
+            "--refit-damp",
+            type=float,
+            default=defaults.refit_damp,
+            help=f"with --compensation refit: ridge weight relative to the Gram matrix's mean diagonal, pulling toward "
+            f"the bias solution (default: {defaults.refit_damp})",
+        )
+        parser.add_argument(
+            "--sequential",
+            action="store_true",
+            default=defaults.sequential,
+            help="calibrate each layer on the outputs of the already-pruned layers before it (one layer at a time; "
+            "with --ratio the widths come from a one-shot statistics pass first)",
+        )
+        parser.add_argument(
+            "--layerwise",
+            action=argparse.BooleanOptionalAction,
+            default=defaults.layerwise,
+            help="one decoder layer at a time on --device: read from the checkpoint's shards when --model is a "
+            "local safetensors folder (the model is never whole in memory), else moved from the CPU; "
+            "--no-layerwise holds the whole model on --device (default: layerwise)",
+        )
+        if batch_size:
+            parser.add_argument(
+                "--batch-size",
+                type=int,
+                default=defaults.batch_size,
+                help=f"calibration samples per forward (default: {defaults.batch_size})",
+            )
+
+    @staticmethod
+    def add_max_ratio_argument(parser) -> None:
+        default = FlapSettings().max_ratio
+        parser.add_argument(
+            "--max-layer-ratio",
+            type=float,
+            default=default,
+            help=f"with --ratio: most any one layer may be pruned (default: {default})",
+        )
+
+    @classmethod
+    def from_args(cls, args) -> FlapSettings:
+        """The settings of parsed `prune`/`compress` arguments; errors name the flag."""
+        try:
+            return cls(
+                metric=args.metric,
+                compensation=args.compensation,
+                refit_damp=args.refit_damp,
+                sequential=args.sequential,
+                batch_size=getattr(args, "batch_size", cls.batch_size),
+                layerwise=args.layerwise,
+                max_ratio=args.max_layer_ratio,
+            )
+        except ValueError as err:
+            field, _, reason = str(err).partition(": ")
+            flag = _FLAGS.get(field.removeprefix("flap."), field)
+            raise ValueError(f"{flag}: {reason}") from err
+
+
+FIELDS = tuple(f.name for f in fields(FlapSettings))
+# Settings field -> the flag that sets it, so that CLI errors name what the user typed.
+_FLAGS = {"refit_damp": "--refit-damp", "max_ratio": "--max-layer-ratio", "batch_size": "--batch-size"}
 
 
 def _is_number(value) -> bool:

@@ -18,17 +18,15 @@ import csv
 import json
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from studio.atomic import atomic_directory
 from studio.progress import Cancelled
-from studio.calibration import CalibrationSpec
 from studio.checkpoint import (
     CONFIG_FILE,
-    DTYPE_NAMES,
     QUANT_LOG_FILE,
     QUANTIZE_CONFIG_FILE,
     WEIGHTS_INDEX_FILE,
@@ -37,13 +35,12 @@ from studio.checkpoint import (
     is_multimodal,
     torch_dtype,
 )
+from studio.gptq.rules import QUANTIZED_MODULES
 from studio.gptq.runtime import import_gptqmodel
-from studio.gptq.rules import DEFAULT_DYNAMIC, QUANTIZED_MODULES, validate_dynamic
+from studio.gptq.settings import QuantizeSettings
 
-GPTQ_BITS = (2, 3, 4, 8)
-# GPTQ v1 ("gptq") is what vLLM's GPTQ and Marlin kernels read; GPTQModel converts on save.
-CHECKPOINT_FORMATS = ("gptq",)
-DTYPES = {name: torch_dtype(name) for name in DTYPE_NAMES}
+__all__ = ["QuantizeSettings", "quantize_checkpoint", "load_quantized", "read_quant_log", "write_quant_log"]
+
 QUANT_LOG_COLUMNS = ("layer", "module", "loss", "samples", "damp", "time")
 # Files GPTQModel writes itself. Every other file of the source that is not a weight (tokenizer,
 # processor config, chat template, generation config, FLAP summaries...) is copied as it is,
@@ -51,96 +48,6 @@ QUANT_LOG_COLUMNS = ("layer", "module", "loss", "samples", "damp", "time")
 _WRITTEN_BY_GPTQMODEL = {CONFIG_FILE, QUANTIZE_CONFIG_FILE, QUANT_LOG_FILE, WEIGHTS_INDEX_FILE}
 
 ProgressFn = Callable[[int, int, str], None]
-
-
-def _default_calibration() -> CalibrationSpec:
-    return CalibrationSpec()
-
-
-@dataclass(frozen=True)
-class QuantizeSettings:
-    """GPTQ settings; the defaults are the card's (W4, group 128, sym, desc_act, damp 0.01, GPTQ v1,
-    256 x 2048 tokens of WikiText-2 train)."""
-
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = True
-    desc_act: bool = True
-    damp_percent: float = 0.01
-    checkpoint_format: str = "gptq"
-    # dtype the model is loaded in; unquantized modules are saved in it (the card: bfloat16).
-    dtype: str = "bfloat16"
-    calibration: CalibrationSpec = field(default_factory=_default_calibration)
-    dynamic: Mapping[str, Mapping] = field(default_factory=lambda: dict(DEFAULT_DYNAMIC))
-
-    def __post_init__(self):
-        if isinstance(self.bits, bool) or self.bits not in GPTQ_BITS:
-            raise ValueError(f"quantize.bits: must be one of {', '.join(map(str, GPTQ_BITS))}, got {self.bits!r}")
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or not (
-            self.group_size == -1 or self.group_size > 0
-        ):
-            raise ValueError(f"quantize.group_size: must be a positive integer or -1, got {self.group_size!r}")
-        for name in ("sym", "desc_act"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"quantize.{name}: must be true or false, got {getattr(self, name)!r}")
-        if isinstance(self.damp_percent, bool) or not isinstance(self.damp_percent, (int, float)) or not (
-            0 < self.damp_percent < 1
-        ):
-            raise ValueError(f"quantize.damp_percent: must be in (0, 1), got {self.damp_percent!r}")
-        if self.checkpoint_format not in CHECKPOINT_FORMATS:
-            raise ValueError(
-                f"quantize.checkpoint_format: only {', '.join(CHECKPOINT_FORMATS)} (GPTQ v1, what vLLM reads) "
-                f"is written, got {self.checkpoint_format!r}"
-            )
-        if self.dtype not in DTYPES:
-            raise ValueError(f"quantize.dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if not isinstance(self.calibration, CalibrationSpec):
-            raise ValueError("quantize.calibration: must be a CalibrationSpec")
-        validate_dynamic(self.dynamic)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> QuantizeSettings:
-        """Settings from a plain dict (a job spec's `quantize` section); unknown keys are errors."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise ValueError(f"quantize: unknown setting(s) {', '.join(sorted(unknown))}")
-        values = dict(data)
-        if isinstance(values.get("calibration"), Mapping):
-            values["calibration"] = CalibrationSpec(**values["calibration"])
-        return cls(**values)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["dynamic"] = {pattern: dict(overrides) for pattern, overrides in self.dynamic.items()}
-        return data
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
-
-    def gptqmodel_config(self, device: str):
-        """GPTQModel's QuantizeConfig for these settings, quantizing on `device`."""
-        QuantizeConfig = import_gptqmodel().QuantizeConfig
-        normalize_device = import_gptqmodel("gptqmodel.models._const").normalize_device
-
-        config = QuantizeConfig(
-            bits=self.bits,
-            group_size=self.group_size,
-            sym=self.sym,
-            desc_act=self.desc_act,
-            damp_percent=self.damp_percent,
-            format=self.checkpoint_format,
-            dynamic={pattern: dict(overrides) for pattern, overrides in self.dynamic.items()},
-            device=device,
-            # The model is built by the studio and handed over whole; GPTQModel's lazy
-            # checkpoint-backed loading (offload_to_disk) would rebuild it with stock classes.
-            offload_to_disk=False,
-        )
-        # GPTQModel's from_pretrained normalises these two before quantizing; we bypass it.
-        config.device = normalize_device(config.device)
-        config.calculate_bits_per_weight()
-        return config
 
 
 @dataclass(frozen=True)
@@ -457,9 +364,7 @@ def load_quantized(path: str | Path, device: str = "cpu", dtype: torch.dtype | s
     if not is_gptq_checkpoint(path):
         raise FileNotFoundError(f"model: {path} is not a GPTQ checkpoint (no quantize_config.json)")
     if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
-        dtype = DTYPES[dtype]
+        dtype = torch_dtype(dtype)
     if dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"dtype: GPTQ kernels compute in bfloat16 or float16, got {dtype}")
     definition = _loading_definition(AutoConfig.from_pretrained(path))

@@ -40,11 +40,21 @@ def submit(spec: JobSpec | str | Path, home: Path | None = None) -> str:
     return job_id
 
 
-def run_in_process(spec: JobSpec | str | Path, home: Path | None = None, device: str | None = None) -> tuple[str, str]:
+def run_in_process(
+    spec: JobSpec | str | Path,
+    home: Path | None = None,
+    device: str | None = None,
+    echo: bool = True,
+    raise_failure: bool = False,
+    **runner_options,
+) -> tuple[str, str]:
     """Run a spec in this process, without the queue; returns (job id, final status).
 
     The job gets a folder like a queued one (state, log, stage outputs), so `jobs` and `job ID`
-    show it. If this process dies mid-run, the next worker that starts resumes the job.
+    show it. If this process dies mid-run, the next worker that starts resumes the job. `echo`
+    copies the job's log to stderr; with `raise_failure` a failed job raises the exception that
+    failed it (after it is recorded); `runner_options` go to `StageRunner` (exports, on_stage,
+    on_progress).
     """
     from studio.jobs.stages import StageRunner
 
@@ -55,22 +65,28 @@ def run_in_process(spec: JobSpec | str | Path, home: Path | None = None, device:
     store.claim(job_id, this_worker())
     handler = logging.FileHandler(store.log_path(job_id), encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(logging.Formatter("%(message)s"))
+    handlers = [handler]
+    if echo:
+        console = logging.StreamHandler(sys.stderr)
+        console.setFormatter(logging.Formatter("%(message)s"))
+        handlers.append(console)
     logger = logging.getLogger("studio.jobs")
     previous = logger.level, logger.propagate
     logger.setLevel(logging.INFO)
     logger.propagate = False  # libraries may have put handlers on the root logger
-    logger.addHandler(handler)
-    logger.addHandler(console)
+    for each in handlers:
+        logger.addHandler(each)
     try:
-        status = StageRunner(store, job_id, home, device=device).run()
+        runner = StageRunner(store, job_id, home, device=device, **runner_options)
+        status = runner.run()
     finally:
-        logger.removeHandler(handler)
-        logger.removeHandler(console)
+        for each in handlers:
+            logger.removeHandler(each)
         logger.setLevel(previous[0])
         logger.propagate = previous[1]
         handler.close()
+    if raise_failure and runner.failure is not None:
+        raise runner.failure
     return job_id, status
 
 

@@ -12,50 +12,27 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from studio.calibration import CalibrationSpec
 from studio.checkpoint import DTYPE_NAMES
+from studio.eval.settings import EvalSettings
+from studio.export.settings import ExportSettings
+from studio.fields import reject_unknown
 from studio.flap.settings import FlapSettings
+from studio.gptq.settings import QuantizeSettings
 from studio.hub_text import is_hub_source
 from studio.model_source import resolve_model
 from studio.paths import presets_dir
 from studio.safety import parse_yaml, read_utf8
 
 DTYPES = DTYPE_NAMES
-GPTQ_BITS = (2, 3, 4, 8)
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-# The card calibrates on WikiText-2 train (CalibrationSpec's default) and we report perplexity on its test split.
-DEFAULT_EVAL_SOURCE = "hf:wikitext/wikitext-2-raw-v1/test"
 TOP_LEVEL_KEYS = ("model", "output", "dtype", "plan", "flap", "calibration", "quantize", "export", "evaluate")
-
-
-FLAP_FIELDS = ("metric", "max_ratio", "compensation", "refit_damp", "sequential", "batch_size", "layerwise")
-# Jobs calibrate one decoder layer at a time on the accelerator: fits big models, reports progress per layer.
-JOB_FLAP_DEFAULTS = FlapSettings(layerwise=True)
-
-
-@dataclass(frozen=True)
-class GptqSettings:
-    """The card's GPTQ W4A16 defaults."""
-
-    bits: int = 4
-    group_size: int = 128
-    sym: bool = True
-    desc_act: bool = True
-    damp_percent: float = 0.01
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    source: str = DEFAULT_EVAL_SOURCE
-    seqlen: int = 2048
-    stride: int | None = None
-    max_tokens: int | None = None
-    batch_size: int = 1
-    tasks: tuple[str, ...] = ()  # lm-eval tasks (studio.eval.downstream.parse_tasks)
+# The calibration fields a spec may set (the text column stays the library's default).
+CALIBRATION_FIELDS = ("source", "samples", "seqlen", "seed")
 
 
 @dataclass(frozen=True)
@@ -65,21 +42,32 @@ class JobSpec:
     `plan` is either `{"ratio": r}` (FLAP's global structure search prunes a fraction r of all FFN
     channels) or `{"preset": {...}, "source": ...}` (a per-layer table in the presets/ schema).
     `quantize` / `evaluate` are None when the spec turns those stages off; `export: false` keeps
-    the result in the job folder instead of publishing it to STUDIO_HOME/exports/<output>.
+    the result in the job folder instead of publishing it to STUDIO_HOME/exports/<output>, and
+    `export_settings` says how it is written. Each stage's settings are the library's own type
+    (`FlapSettings`, `CalibrationSpec`, `QuantizeSettings`, `ExportSettings`, `EvalSettings`), with
+    the library's defaults.
     """
 
     model: str
     output: str
     plan: dict
     dtype: str = "bfloat16"
-    flap: FlapSettings = JOB_FLAP_DEFAULTS
+    flap: FlapSettings = field(default_factory=FlapSettings)
     calibration: CalibrationSpec = field(default_factory=CalibrationSpec)
-    quantize: GptqSettings | None = field(default_factory=GptqSettings)
+    quantize: QuantizeSettings | None = field(default_factory=QuantizeSettings)
     export: bool = True
     evaluate: EvalSettings | None = None
+    export_settings: ExportSettings = field(default_factory=ExportSettings)
+
+    def __post_init__(self):
+        # GPTQ loads the model in the job's dtype and calibrates on the job's calibration windows.
+        if self.quantize is not None and (self.quantize.dtype, self.quantize.calibration) != (self.dtype, self.calibration):
+            object.__setattr__(self, "quantize", replace(self.quantize, dtype=self.dtype, calibration=self.calibration))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        data["quantize"] = self.quantize.section() if self.quantize is not None else None
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -88,16 +76,18 @@ class JobSpec:
     def from_dict(cls, data: dict) -> JobSpec:
         """Rebuild a spec stored by `to_dict` (already normalised; not re-validated)."""
         quantize, evaluate = data.get("quantize"), data.get("evaluate")
+        calibration = CalibrationSpec.from_dict(data["calibration"])
         return cls(
             model=data["model"],
             output=data["output"],
             plan=data["plan"],
             dtype=data["dtype"],
             flap=FlapSettings.from_dict(data["flap"]),
-            calibration=CalibrationSpec(**data["calibration"]),
-            quantize=GptqSettings(**quantize) if quantize is not None else None,
+            calibration=calibration,
+            quantize=QuantizeSettings.from_section(quantize, data["dtype"], calibration) if quantize is not None else None,
             export=data["export"],
-            evaluate=EvalSettings(**evaluate) if evaluate is not None else None,
+            evaluate=EvalSettings.from_dict(evaluate) if evaluate is not None else None,
+            export_settings=ExportSettings.from_dict(data.get("export_settings") or {}),
         )
 
 
@@ -121,7 +111,7 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> JobSpec:
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     if not isinstance(data, dict):
         raise ValueError(f"spec: must be a mapping at the top level, got {type(data).__name__}")
-    _reject_unknown("", data, TOP_LEVEL_KEYS)
+    reject_unknown("", data, TOP_LEVEL_KEYS)
     for required in ("model", "output", "plan"):
         if required not in data:
             raise ValueError(f"{required}: is required")
@@ -134,13 +124,19 @@ def parse_spec(data: Any, base_dir: str | Path | None = None) -> JobSpec:
     dtype = data.get("dtype", "bfloat16")
     if dtype not in DTYPES:
         raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    flap = _flap(_section(data, "flap"))
+    flap = FlapSettings.from_dict(_section(data, "flap"))  # validates, naming the field
     calibration = _calibration(_section(data, "calibration"), base)
-    quantize = None if data.get("quantize", True) is False else _gptq(_section(data, "quantize"))
-    export = _bool("export", data.get("export", True))
+    quantize = None
+    if data.get("quantize", True) is not False:
+        quantize = QuantizeSettings.from_section(_section(data, "quantize"), dtype, calibration)
+    export = data.get("export", True)
+    export_settings = ExportSettings()
+    if isinstance(export, dict):
+        export_settings, export = ExportSettings.from_dict(export), True
+    export = _bool("export", export)
     evaluate = None if data.get("evaluate", False) is False else _evaluate(_section(data, "evaluate"), base)
     plan = _plan(data["plan"], base, model)
-    return JobSpec(model, output, plan, dtype, flap, calibration, quantize, export, evaluate)
+    return JobSpec(model, output, plan, dtype, flap, calibration, quantize, export, evaluate, export_settings)
 
 
 def _section(data: dict, name: str) -> dict:
@@ -151,22 +147,6 @@ def _section(data: dict, name: str) -> dict:
     if not isinstance(value, dict):
         raise ValueError(f"{name}: must be a mapping (or false to skip the stage), got {value!r}")
     return value
-
-
-def _reject_unknown(prefix: str, data: dict, allowed) -> None:
-    for key in data:
-        if key not in allowed:
-            raise ValueError(f"{prefix}{key}: unknown field (allowed: {', '.join(allowed)})")
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-    return value
-
-
-def _optional_positive_int(name: str, value) -> int | None:
-    return None if value is None else _positive_int(name, value)
 
 
 def _bool(name: str, value) -> bool:
@@ -204,71 +184,20 @@ def _text_source(name: str, value, base: Path) -> str:
 
 
 def _calibration(section: dict, base: Path) -> CalibrationSpec:
-    _reject_unknown("calibration.", section, ("source", "samples", "seqlen", "seed"))
-    defaults = CalibrationSpec()
-    seed = section.get("seed", defaults.seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"calibration.seed: must be a non-negative integer, got {seed!r}")
-    return CalibrationSpec(
-        source=_text_source("calibration.source", section.get("source", defaults.source), base),
-        samples=_positive_int("calibration.samples", section.get("samples", defaults.samples)),
-        seqlen=_positive_int("calibration.seqlen", section.get("seqlen", defaults.seqlen)),
-        seed=seed,
-    )
-
-
-def _flap(section: dict) -> FlapSettings:
-    # `bias_compensation: true|false` is the older spelling of `compensation: bias|none`.
-    _reject_unknown("flap.", section, (*FLAP_FIELDS, "bias_compensation"))
-    values = {name: section[name] for name in FLAP_FIELDS if name in section}
-    if "bias_compensation" in section:
-        if "compensation" in section:
-            raise ValueError("flap.bias_compensation: replaced by flap.compensation; give only flap.compensation")
-        values["compensation"] = "bias" if _bool("flap.bias_compensation", section["bias_compensation"]) else "none"
-    defaults = asdict(JOB_FLAP_DEFAULTS)
-    return FlapSettings(**{**defaults, **values})  # FlapSettings validates, naming the field
-
-
-def _gptq(section: dict) -> GptqSettings:
-    _reject_unknown("quantize.", section, ("bits", "group_size", "sym", "desc_act", "damp_percent"))
-    defaults = GptqSettings()
-    bits = section.get("bits", defaults.bits)
-    if bits not in GPTQ_BITS or isinstance(bits, bool):
-        raise ValueError(f"quantize.bits: must be one of {', '.join(map(str, GPTQ_BITS))}, got {bits!r}")
-    group_size = section.get("group_size", defaults.group_size)
-    if group_size != -1:
-        _positive_int("quantize.group_size", group_size)
-    return GptqSettings(
-        bits=bits,
-        group_size=group_size,
-        sym=_bool("quantize.sym", section.get("sym", defaults.sym)),
-        desc_act=_bool("quantize.desc_act", section.get("desc_act", defaults.desc_act)),
-        damp_percent=_fraction("quantize.damp_percent", section.get("damp_percent", defaults.damp_percent), True),
-    )
+    reject_unknown("calibration.", section, CALIBRATION_FIELDS)
+    values = dict(section)
+    values["source"] = _text_source("calibration.source", section.get("source", CalibrationSpec.source), base)
+    return CalibrationSpec.from_dict(values)  # validates, naming the field
 
 
 def _evaluate(section: dict, base: Path) -> EvalSettings:
-    from studio.eval.downstream import parse_tasks
+    values = dict(section)
+    values["source"] = _text_source("evaluate.source", section.get("source", EvalSettings.source), base)
+    if "tasks" in section:  # lm-eval task names, or fact_recall=FILE relative to the spec
+        from studio.eval.downstream import parse_tasks
 
-    _reject_unknown("evaluate.", section, ("source", "seqlen", "stride", "max_tokens", "batch_size", "tasks"))
-    defaults = EvalSettings()
-    seqlen = section.get("seqlen", defaults.seqlen)
-    if isinstance(seqlen, bool) or not isinstance(seqlen, int) or seqlen < 2:
-        raise ValueError(f"evaluate.seqlen: must be an integer of at least 2, got {seqlen!r}")
-    stride = _optional_positive_int("evaluate.stride", section.get("stride"))
-    if stride is not None and stride > seqlen:
-        raise ValueError(f"evaluate.stride: must not exceed evaluate.seqlen ({seqlen}), got {stride}")
-    max_tokens = _optional_positive_int("evaluate.max_tokens", section.get("max_tokens"))
-    if max_tokens is not None and max_tokens < 2:
-        raise ValueError(f"evaluate.max_tokens: must be at least 2, got {max_tokens}")
-    return EvalSettings(
-        source=_text_source("evaluate.source", section.get("source", defaults.source), base),
-        seqlen=seqlen,
-        stride=stride,
-        max_tokens=max_tokens,
-        batch_size=_positive_int("evaluate.batch_size", section.get("batch_size", defaults.batch_size)),
-        tasks=parse_tasks(section.get("tasks", []), base, "evaluate.tasks"),
-    )
+        values["tasks"] = parse_tasks(section["tasks"], base, "evaluate.tasks")
+    return EvalSettings.from_dict(values)  # validates, naming the field
 
 
 def _plan(value, base: Path, model: str) -> dict:

@@ -1,9 +1,11 @@
 """The stage runner: a job's stages in order, each output persisted with a fingerprint.
 
-Stages: calibrate -> statistics -> prune -> quantize -> export -> evaluate. Each one is a small
-adapter that calls the module doing the work (`studio.calibration`, `studio.flap`, `studio.gptq.quantize`,
-`studio.export`, `studio.eval`) and writes its result into `<job>/stages/<name>/` through an atomic
-folder rename, together with `fingerprint.json`.
+Stages: calibrate -> statistics -> prune -> quantize -> export -> evaluate. Each one is a thin
+adapter over the library's one implementation of the stage (`studio.flap.pipeline` for calibrate,
+statistics and prune, `studio.gptq.quantize`, `studio.export`, `studio.eval`), the same code
+`python -m studio prune/quantize/compress` runs: it passes the spec's settings, progress and cancel,
+and writes its result into `<job>/stages/<name>/` through an atomic folder rename, together with
+`fingerprint.json`.
 
 A fingerprint hashes what determines a stage's output: its part of the spec, the fingerprint of the
 stage before it (so a change upstream invalidates everything after it) and the source code of the
@@ -15,7 +17,6 @@ deterministic given its inputs, ends with the same result as an uninterrupted ru
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.util
 import json
 import logging
@@ -28,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from studio.atomic import atomic_directory
-from studio.checkpoint import gptq_compute_dtype, is_gptq_checkpoint, torch_dtype
 from studio.jobs.spec import JobSpec
 from studio.jobs.store import JobStore
 from studio.paths import exports_dir
+from studio.progress import Cancelled
 
 log = logging.getLogger("studio.jobs")
 
@@ -40,14 +41,6 @@ CALIBRATION_FILE = "calibration.safetensors"
 # Testing hook: "STAGE:K" holds the job at the K-th progress boundary of STAGE until it is
 # cancelled or its process is killed, so tests can interrupt a stage at a known point.
 FAILPOINT_ENV = "STUDIO_JOBS_FAILPOINT"
-
-
-class Cancelled(Exception):
-    """The job was cancelled; raised at a layer boundary."""
-
-
-class StageUnavailable(RuntimeError):
-    """The module a stage needs is not part of this installation."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +55,14 @@ class StageContext:
     # progress(done, total, unit="layers"): records progress; raises Cancelled if asked to stop.
     progress: Callable[..., None]
     should_stop: Callable[[], bool]
+    # Where the export stage publishes `<exports>/<output>` (default: STUDIO_HOME/exports).
+    exports: Path | None = None
+
+    @property
+    def torch_dtype(self):
+        import torch
+
+        return getattr(torch, self.spec.dtype)
 
 
 @dataclass(frozen=True)
@@ -69,32 +70,21 @@ class Stage:
     name: str
     # The spec part that determines the output; None means the spec turns the stage off.
     settings: Callable[[JobSpec], Any]
-    # Modules whose source code is part of the fingerprint (and which must be importable).
+    # Modules whose source code is part of the fingerprint.
     modules: tuple[str, ...]
     run: Callable[[StageContext, Path], None]
 
 
-# -- helpers shared by adapters ----------------------------------------------------------------
-
-
-def require(module: str):
-    """Import a module a stage needs, or fail the stage with a readable reason."""
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        raise StageUnavailable(f"{module} is not available in this installation ({err})") from err
-
-
-def flap_pipeline():
-    """The FLAP stage functions (`studio.flap.pipeline`)."""
-    return require("studio.flap.pipeline")
+# -- the adapters: each calls the library's one implementation of its stage ---------------------
 
 
 def calibrate(ctx: StageContext, out: Path) -> None:
-    """Tokenise the calibration text into [samples, seqlen] ids."""
+    """Tokenise the calibration text into [samples, seqlen] ids, once for the whole job."""
     from safetensors.torch import save_file
 
-    ids = flap_pipeline().calibration_ids(ctx.spec.model, ctx.spec.calibration)
+    from studio.flap.pipeline import calibration_ids
+
+    ids = calibration_ids(ctx.spec.model, ctx.spec.calibration)
     save_file({"input_ids": ids.contiguous()}, str(out / CALIBRATION_FILE))
     log.info("calibration: %d samples x %d tokens", ids.shape[0], ids.shape[1])
 
@@ -107,35 +97,32 @@ def load_calibration_ids(stage_dir: Path):
 
 def statistics(ctx: StageContext, out: Path) -> None:
     """FLAP's per-channel moments of every FFN's down_proj input, and the channel scores."""
-    pipeline = flap_pipeline()
-    from studio.flap.scores import model_scores
-    from studio.flap.stats import collect_statistics
-    from studio.modeling import load_model
+    from studio.flap.pipeline import STATS_FILE, checkpoint_statistics, save_statistics
 
     flap = ctx.spec.flap
-    # Layerwise: the model stays on the CPU and one decoder layer at a time visits the device.
-    model = load_model(ctx.spec.model, dtype=torch_dtype(ctx.spec.dtype), device=None if flap.layerwise else ctx.device)
-    stats = collect_statistics(
-        model,
+    stats, scores = checkpoint_statistics(
+        ctx.spec.model,
         load_calibration_ids(ctx.outputs["calibrate"]),
-        batch_size=flap.batch_size,
+        flap,
         device=ctx.device,
-        layerwise=flap.layerwise,
+        dtype=ctx.torch_dtype,
         progress=ctx.progress,
         should_stop=ctx.should_stop,
     )
-    scores = model_scores(model, stats, flap.metric)
-    pipeline.save_statistics(out / pipeline.STATS_FILE, stats, scores, flap.metric)
+    save_statistics(out / STATS_FILE, stats, scores, flap.metric)
 
 
-def resolved_plan(spec: JobSpec, text_config, scores):
-    """The `PruningPlan`: FLAP's global search for a ratio, else the per-layer table."""
+def resolved_plan(spec: JobSpec):
+    """A `PruningPlan` from the per-layer table, or the ratio for FLAP's global search."""
+    from transformers import AutoConfig
+
+    from studio.modeling import text_config_of
     from studio.plans.plan import resolve_plan
 
     if "ratio" in spec.plan:
-        return flap_pipeline().suggested_plan(scores, text_config, spec.plan["ratio"], spec.flap.max_ratio)
+        return spec.plan["ratio"]
     try:
-        return resolve_plan(spec.plan["preset"], text_config)
+        return resolve_plan(spec.plan["preset"], text_config_of(AutoConfig.from_pretrained(spec.model)))
     except ValueError as err:
         raise ValueError(f"plan: {err}") from err
 
@@ -143,50 +130,39 @@ def resolved_plan(spec: JobSpec, text_config, scores):
 def prune(ctx: StageContext, out: Path) -> None:
     """Choose widths, prune with the spec's compensation and save the pruned checkpoint.
 
-    A refit or sequential prune runs its own layer-by-layer pass over the job's calibration ids
-    (on the device, one layer at a time when `flap.layerwise`); the checkpoint then carries the
-    statistics its channels were chosen from.
+    The statistics stage's result chooses the channels; a refit or sequential prune runs its own
+    layer-by-layer pass over the job's calibration ids. With `flap.layerwise` and a local
+    safetensors checkpoint the model streams from its shards, as `python -m studio prune` does.
     """
-    pipeline = flap_pipeline()
-    from studio.modeling import load_model, text_config_of
+    from studio.flap.pipeline import STATS_FILE, load_statistics, prune_checkpoint
 
-    flap = ctx.spec.flap
-    calibrating = flap.calibrates_while_pruning
-    device = ctx.device if calibrating and not flap.layerwise else None
-    model = load_model(ctx.spec.model, dtype=torch_dtype(ctx.spec.dtype), device=device)
-    stats_path = ctx.outputs["statistics"] / pipeline.STATS_FILE
-    stats, scores, _metric = pipeline.load_statistics(stats_path)
-    plan = resolved_plan(ctx.spec, text_config_of(model.config), scores)
-    plan.validate()
-    params_before = sum(p.numel() for p in model.parameters())
-    ids = load_calibration_ids(ctx.outputs["calibrate"]) if calibrating else None
-    stats, scores, results = pipeline.apply_plan(
-        model, plan.widths, flap, stats, scores, ids, ctx.device, progress=ctx.progress, should_stop=ctx.should_stop
+    stats, scores, _metric = load_statistics(ctx.outputs["statistics"] / STATS_FILE)
+    summary = prune_checkpoint(
+        ctx.spec.model,
+        resolved_plan(ctx.spec),
+        ctx.spec.calibration,
+        out / "model",
+        ctx.spec.flap,
+        device=ctx.device,
+        dtype=ctx.torch_dtype,
+        progress=ctx.progress,
+        should_stop=ctx.should_stop,
+        calibration_ids=load_calibration_ids(ctx.outputs["calibrate"]),
+        statistics=(stats, scores),
     )
-    summary = pipeline.prune_summary(results, params_before, sum(p.numel() for p in model.parameters()), plan)
-    summary.update(pipeline.describe_settings(flap))
-    summary["calibration"] = asdict(ctx.spec.calibration)
-    checkpoint = out / "model"
-    model.save_pretrained(checkpoint)
-    pipeline.load_tokenizer(ctx.spec.model).save_pretrained(checkpoint)
-    pipeline.save_statistics(checkpoint / pipeline.STATS_FILE, stats, scores, flap.metric)
-    (checkpoint / pipeline.SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    ctx.progress(len(plan.widths), len(plan.widths))
+    layers = len(summary["layers"])
+    ctx.progress(layers, layers)
 
 
 def quantize(ctx: StageContext, out: Path) -> None:
     """GPTQ of the pruned checkpoint on the job's calibration ids (GPTQModel, via studio.gptq.quantize)."""
-    quantize_module = require("studio.gptq.quantize")
-    settings = {
-        **asdict(ctx.spec.quantize),
-        "dtype": ctx.spec.dtype,
-        "calibration": asdict(ctx.spec.calibration),
-    }
-    result = quantize_module.quantize_checkpoint(
+    from studio.gptq.quantize import quantize_checkpoint
+
+    result = quantize_checkpoint(
         ctx.outputs["prune"] / "model",
         out / "model",
         calibration_ids=load_calibration_ids(ctx.outputs["calibrate"]),
-        settings=settings,
+        settings=ctx.spec.quantize,
         progress=ctx.progress,
         should_stop=ctx.should_stop,
         device=ctx.device,
@@ -203,17 +179,24 @@ def final_checkpoint(ctx: StageContext) -> Path:
 
 def export(ctx: StageContext, out: Path) -> None:
     """Publish the servable checkpoint (shards, plugin, vLLM config, card) to exports/<output>."""
-    export_module = require("studio.export")
-    target = exports_dir(ctx.home) / ctx.spec.output
-    result = export_module.export_checkpoint(
+    from studio.export import export_checkpoint
+
+    settings = ctx.spec.export_settings
+    target = (ctx.exports or exports_dir(ctx.home)) / ctx.spec.output
+    result = export_checkpoint(
         final_checkpoint(ctx),
         target,
+        max_shard_size=settings.max_shard_size,
         dtype=ctx.spec.dtype,  # storage dtype of an unquantized export; GPTQ checkpoints keep theirs
         base_model=ctx.spec.model,
-        name=ctx.spec.output,
+        name=settings.name or ctx.spec.output,
     )
     (out / "export.json").write_text(json.dumps({"path": str(result.out_dir), "quantized": result.quantized}, indent=2))
     log.info("export: %s", result.out_dir)
+
+
+def exported_folder(ctx: StageContext) -> Path:
+    return Path(json.loads((ctx.outputs["export"] / "export.json").read_text())["path"])
 
 
 def evaluated_checkpoints(ctx: StageContext) -> list[tuple[str, str | Path]]:
@@ -224,34 +207,25 @@ def evaluated_checkpoints(ctx: StageContext) -> list[tuple[str, str | Path]]:
     return checkpoints
 
 
-def _load_for_evaluation(ctx: StageContext, checkpoint: str | Path):
-    from studio.modeling import load_model
-
-    if is_gptq_checkpoint(checkpoint):
-        # GPTQ kernels compute in 16-bit; a float32 job evaluates its INT4 model in bfloat16.
-        dtype = gptq_compute_dtype(ctx.spec.dtype).name
-        return require("studio.gptq.quantize").load_quantized(checkpoint, device=ctx.device, dtype=dtype)
-    return load_model(checkpoint, dtype=torch_dtype(ctx.spec.dtype), device=ctx.device)
-
-
 def evaluate(ctx: StageContext, out: Path) -> None:
     """Perplexity of the base, pruned and compressed models: what each compression step cost.
 
     `perplexity.json` holds the final checkpoint's result at the top level and every model's
     result under "models".
     """
-    eval_module = require("studio.eval")
-    from transformers import AutoTokenizer
+    from studio.eval import evaluate_perplexity, load_eval_text
+    from studio.eval.downstream import task_results
+    from studio.eval.loading import load_eval_model, load_eval_tokenizer
 
     settings = ctx.spec.evaluate
-    text = eval_module.load_eval_text(settings.source)
+    text = load_eval_text(settings.source)
     checkpoints = evaluated_checkpoints(ctx)
     results = {}
     for index, (label, checkpoint) in enumerate(checkpoints):
-        model = _load_for_evaluation(ctx, checkpoint)
-        result = eval_module.evaluate_perplexity(
+        model = load_eval_model(checkpoint, dtype=ctx.torch_dtype, device=ctx.device)
+        result = evaluate_perplexity(
             model,
-            AutoTokenizer.from_pretrained(checkpoint),
+            load_eval_tokenizer(checkpoint),
             text,
             seqlen=settings.seqlen,
             stride=settings.stride,
@@ -261,14 +235,15 @@ def evaluate(ctx: StageContext, out: Path) -> None:
             progress=lambda done, total, i=index: ctx.progress(i * total + done, len(checkpoints) * total, "batches"),
         )
         # lm-eval tasks (evaluate.tasks) on the same loaded model, beside its perplexity.
-        results[label] = {**result.to_dict(), **eval_module.task_results(model, checkpoint, settings.tasks, settings.batch_size)}
+        results[label] = {**result.to_dict(), **task_results(model, checkpoint, settings.tasks, settings.batch_size)}
         del model
         log.info("perplexity (%s): %.4f over %d tokens", label, result.ppl, result.tokens)
     final_label = checkpoints[-1][0]
     (out / "perplexity.json").write_text(json.dumps({**results[final_label], "models": results}, indent=2) + "\n")
     if "export" in ctx.outputs:  # show the results in the exported model card too
-        export_path = Path(json.loads((ctx.outputs["export"] / "export.json").read_text())["path"])
-        require("studio.export").update_evaluation(export_path, results)
+        from studio.export import update_evaluation
+
+        update_evaluation(exported_folder(ctx), results)
 
 
 STAGES: tuple[Stage, ...] = (
@@ -281,7 +256,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "statistics",
         lambda s: {"dtype": s.dtype, "metric": s.flap.metric, "batch_size": s.flap.batch_size, "layerwise": s.flap.layerwise},
-        ("studio.flap.stats", "studio.flap.scores", "studio.flap.pipeline", "studio.modeling"),
+        ("studio.flap.stats", "studio.flap.scores", "studio.flap.pipeline", "studio.modeling", "studio.streaming"),
         statistics,
     ),
     Stage(
@@ -293,25 +268,25 @@ STAGES: tuple[Stage, ...] = (
             "refit_damp": s.flap.refit_damp,
             "sequential": s.flap.sequential,
         },
-        ("studio.flap", "studio.plans.plan", "studio.modeling"),
+        ("studio.flap", "studio.plans.plan", "studio.modeling", "studio.streaming"),
         prune,
     ),
     Stage(
         "quantize",
-        lambda s: {"gptq": asdict(s.quantize), "dtype": s.dtype} if s.quantize is not None else None,
-        ("studio.gptq.quantize", "studio.gptq.rules", "studio.modeling"),
+        lambda s: {"gptq": s.quantize.section(), "dtype": s.dtype} if s.quantize is not None else None,
+        ("studio.gptq", "studio.modeling"),
         quantize,
     ),
     Stage(
         "export",
-        lambda s: {"output": s.output, "dtype": s.dtype} if s.export else None,
+        lambda s: {"output": s.output, "dtype": s.dtype, **s.export_settings.to_dict()} if s.export else None,
         ("studio.export", "studio.export.plugin_files", "studio.vllm_plugin", "studio.sizes"),
         export,
     ),
     Stage(
         "evaluate",
-        lambda s: {"evaluate": asdict(s.evaluate), "dtype": s.dtype} if s.evaluate is not None else None,
-        ("studio.eval", "studio.gptq.quantize", "studio.modeling"),
+        lambda s: {"evaluate": s.evaluate.to_dict(), "dtype": s.dtype} if s.evaluate is not None else None,
+        ("studio.eval", "studio.gptq", "studio.modeling"),
         evaluate,
     ),
 )
@@ -391,8 +366,19 @@ class StageRunner:
         home: Path,
         device: str | None = None,
         stages: tuple[Stage, ...] = STAGES,
+        exports: Path | None = None,
+        on_stage: Callable[[str], None] | None = None,
+        on_progress: Callable[[str, int, int | None, str], None] | None = None,
     ):
+        """`exports`: where the export stage publishes (default: `home`'s exports folder);
+        `on_stage(name)` and `on_progress(stage, done, total, unit)` let a front end show the run
+        as it goes (the `compress` command prints them)."""
         self.store = store
+        self.exports = exports
+        self.on_stage = on_stage
+        self.on_progress = on_progress
+        # The exception that failed the job, for callers that report it themselves (`compress`).
+        self.failure: BaseException | None = None
         self.stages = stages
         self.job_id = job_id
         self.home = home
@@ -412,6 +398,7 @@ class StageRunner:
             self.store.finish(self.job_id, "cancelled")
             return "cancelled"
         except JobFailed as err:
+            self.failure = err.__cause__ or err
             log.error("%s", err)
             self.store.finish(self.job_id, "failed", {"stage": err.stage, "message": err.message})
             return "failed"
@@ -446,6 +433,8 @@ class StageRunner:
         self._record_stage(stage.name, status="running", started_at=self._stage_started)
         self.store.update(self.job_id, stage=stage.name, progress=self._progress_record(0, None, "layers"))
         log.info("stage %s: starting", stage.name)
+        if self.on_stage is not None:
+            self.on_stage(stage.name)
         context = StageContext(
             spec=self.spec,
             job_dir=self.job_dir,
@@ -454,6 +443,7 @@ class StageRunner:
             home=self.home,
             progress=self.progress,
             should_stop=self.should_stop,
+            exports=self.exports,
         )
         try:
             with atomic_directory(path) as staging:
@@ -464,10 +454,10 @@ class StageRunner:
         except Cancelled:
             raise
         except Exception as err:  # noqa: BLE001 - every failure becomes a readable job error
-            if _is_cancelled(err):
-                raise Cancelled(str(err)) from err
-            if not isinstance(err, StageUnavailable):
-                log.error("stage %s failed:\n%s", stage.name, traceback.format_exc())
+            cancelled = _cancelled_cause(err)
+            if cancelled is not None:
+                raise Cancelled(str(cancelled)) from err
+            log.error("stage %s failed:\n%s", stage.name, traceback.format_exc())
             self._record_stage(stage.name, status="failed")
             raise JobFailed(stage.name, readable_error(err)) from err
         self._record_stage(stage.name, status="done", fingerprint=fp, finished_at=time.time())
@@ -481,6 +471,8 @@ class StageRunner:
     def progress(self, done: int, total: int | None, unit: str = "layers") -> None:
         self.store.update(self.job_id, progress=self._progress_record(done, total, unit))
         log.info("stage %s: %s %d of %s", self._stage, unit, done, total)
+        if self.on_progress is not None:
+            self.on_progress(self._stage, done, total, unit)
         if self.failpoint == (self._stage, done):
             self._hold_at_failpoint()
         if self.should_stop():
@@ -511,9 +503,15 @@ def _parse_failpoint(value: str) -> tuple[str, int] | None:
     return stage, int(index)
 
 
-def _is_cancelled(err: BaseException) -> bool:
-    """Stage modules may raise their own Cancelled (e.g. studio.flap.stats.Cancelled)."""
-    return type(err).__name__ == "Cancelled"
+def _cancelled_cause(err: BaseException) -> Cancelled | None:
+    """The `Cancelled` behind `err`, if a library wrapped it on its way out (GPTQModel's worker threads)."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Cancelled):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 OOM_ADVICE = (
@@ -528,8 +526,6 @@ def readable_error(err: BaseException) -> str:
         return f"{OOM_ADVICE} ({str(err).splitlines()[0] if str(err) else type(err).__name__})"
     if isinstance(err, OSError):
         return _os_error_message(err)
-    if isinstance(err, StageUnavailable):
-        return str(err)
     return f"{type(err).__name__}: {err}"
 
 

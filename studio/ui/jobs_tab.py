@@ -10,7 +10,6 @@ from __future__ import annotations
 from functools import partial
 
 import html
-import importlib.util
 import re
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import gradio as gr
 
 from studio.jobs.results import job_outputs
 from studio.jobs.client import cancel, job_store, retry, submit
+from studio.flap.settings import FlapSettings
 from studio.ui import access
 from studio.ui.components import OpenDropdown
 from studio.jobs.spec import parse_spec
@@ -55,10 +55,6 @@ STAGE_MARKS = {
 UNIT_SINGULAR = {"layers": "layer", "batches": "batch", "modules": "module"}
 
 
-def export_available() -> bool:
-    return importlib.util.find_spec("studio.export") is not None
-
-
 def build_spec(
     model_state, plan_state, output, calibration: dict, quantize: bool, evaluate: bool, eval_text: str, flap: dict | None = None
 ) -> dict:
@@ -85,7 +81,7 @@ def build_spec(
             "seed": int(calibration["seed"]),
         },
         "quantize": {} if quantize else False,
-        "export": export_available(),
+        "export": True,
         "evaluate": {"source": eval_text, "seqlen": int(calibration["seqlen"]), "max_tokens": 4096} if evaluate else False,
     }
     return spec
@@ -359,8 +355,6 @@ def create_ui(ctx: StudioContext, shared: Shared) -> JobsTab:
     # The plan's compensation and calibration choices, set in the Pruning plan tab.
     compensation, sequential = shared.flap["compensation"], shared.flap["sequential"]
     submit_message = gr.Markdown(elem_id="submit-message")
-    if not export_available():
-        gr.Markdown("_Export is not part of this installation yet: results stay in the job folder._")
     with gr.Row():
         with gr.Column(scale=3):
             listing = gr.HTML(elem_id="job-list")
@@ -383,7 +377,8 @@ def create_ui(ctx: StudioContext, shared: Shared) -> JobsTab:
     cal = shared.calibration
 
     def submit_current_plan(output_name, quantize_after, evaluate_after, model_state, plan_state,
-                            calibration_source, samples, seqlen, seed, compensation_choice="bias", sequential_choice=False,
+                            calibration_source, samples, seqlen, seed, compensation_choice=FlapSettings.compensation,
+                            sequential_choice=FlapSettings.sequential,
                             profile: gr.OAuthProfile | None = None):
         # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
         # A refusal is an error (API callers get it as one), like cancelling someone else's job.

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.flap.settings import COMPENSATIONS
+from studio.flap.settings import COMPENSATIONS, FlapSettings
 from studio.jobs.results import job_outputs
 from studio.jobs.client import job_store
 from studio.gptq.quantize import QuantizeSettings
@@ -319,10 +319,10 @@ def flap_controls() -> dict:
     job it becomes), defaulting to the spec's: bias, one-shot."""
     with gr.Row():
         compensation = gr.Dropdown(
-            list(COMPENSATIONS), value="bias", label="compensation of the removed channels", elem_id="plan-compensation",
+            list(COMPENSATIONS), value=FlapSettings.compensation, label="compensation of the removed channels", elem_id="plan-compensation",
             info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
         )
-        sequential = gr.Checkbox(False, label="sequential calibration (each layer on the pruned layers before it)",
+        sequential = gr.Checkbox(FlapSettings.sequential, label="sequential calibration (each layer on the pruned layers before it)",
                                  elem_id="plan-sequential")
     return {"compensation": compensation, "sequential": sequential}
 
