@@ -8,34 +8,29 @@ The flat API below is what scripts need; names load their module on first use, s
 
 from __future__ import annotations
 
-import importlib
+from studio.lazy import lazy_exports
 
-_EXPORTS = {
-    "build_demo_model": "studio.demo_model",
-    "CalibrationSpec": "studio.calibration",
-    "build_calibration_ids": "studio.calibration",
-    "load_model": "studio.modeling",
-    "load_text_config": "studio.modeling",
-    "PruningPlan": "studio.plans.plan",
-    "load_plan": "studio.plans.plan",
-    "uniform_plan": "studio.plans.plan",
-    "collect_statistics": "studio.flap.stats",
-    "FlapSettings": "studio.flap.settings",
-    "prune_checkpoint": "studio.flap.pipeline",
-    "QuantizeSettings": "studio.gptq.settings",
-    "quantize_checkpoint": "studio.gptq.quantize",
-    "load_quantized": "studio.gptq.quantize",
-    "export_checkpoint": "studio.export",
-    "estimate": "studio.sizes",
-    "measure_checkpoint": "studio.sizes",
-    "evaluate_perplexity": "studio.eval",
-    "Cancelled": "studio.progress",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'studio' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "build_demo_model": "studio.demo_model",
+        "CalibrationSpec": "studio.calibration",
+        "build_calibration_ids": "studio.calibration",
+        "load_model": "studio.modeling",
+        "load_text_config": "studio.modeling",
+        "PruningPlan": "studio.plans.plan",
+        "load_plan": "studio.plans.plan",
+        "uniform_plan": "studio.plans.plan",
+        "collect_statistics": "studio.flap.stats",
+        "FlapSettings": "studio.flap.settings",
+        "prune_checkpoint": "studio.flap.pipeline",
+        "QuantizeSettings": "studio.gptq.settings",
+        "quantize_checkpoint": "studio.gptq.quantize",
+        "load_quantized": "studio.gptq.quantize",
+        "export_checkpoint": "studio.export",
+        "estimate": "studio.sizes",
+        "measure_checkpoint": "studio.sizes",
+        "evaluate_perplexity": "studio.eval",
+        "Cancelled": "studio.progress",
+    },
+)

@@ -1,24 +1,25 @@
-"""Quality measurement: perplexity and lm-eval downstream tasks of base, pruned and quantized models."""
+"""Quality measurement: perplexity and lm-eval downstream tasks of base, pruned and quantized models.
 
-from studio.eval.downstream import evaluate_model_tasks, evaluate_server_tasks, parse_tasks, task_results
-from studio.eval.perplexity import (
-    WIKITEXT2_TEST,
-    PerplexityResult,
-    evaluate_perplexity,
-    evaluate_perplexity_ids,
-    load_eval_text,
-    sliding_windows,
+Names load their module on first use, so `studio.eval.settings` (read by the job spec parser)
+imports without torch.
+"""
+
+from __future__ import annotations
+
+from studio.lazy import lazy_exports
+
+__getattr__, __all__ = lazy_exports(
+    __name__,
+    {
+        "WIKITEXT2_TEST": "studio.eval.perplexity",
+        "PerplexityResult": "studio.eval.perplexity",
+        "evaluate_perplexity": "studio.eval.perplexity",
+        "evaluate_perplexity_ids": "studio.eval.perplexity",
+        "load_eval_text": "studio.eval.perplexity",
+        "sliding_windows": "studio.eval.perplexity",
+        "evaluate_model_tasks": "studio.eval.downstream",
+        "evaluate_server_tasks": "studio.eval.downstream",
+        "parse_tasks": "studio.eval.downstream",
+        "task_results": "studio.eval.downstream",
+    },
 )
-
-__all__ = [
-    "WIKITEXT2_TEST",
-    "PerplexityResult",
-    "evaluate_model_tasks",
-    "evaluate_perplexity",
-    "evaluate_perplexity_ids",
-    "evaluate_server_tasks",
-    "load_eval_text",
-    "parse_tasks",
-    "sliding_windows",
-    "task_results",
-]
