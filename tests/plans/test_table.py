@@ -7,12 +7,12 @@ import pytest
 from studio.modeling import load_text_config
 from studio.plans.plan import find_preset, load_plan
 from studio.plans.table import COLUMNS, apply_edit, plan_from_state, plan_rows, plan_to_state
-from studio.ui.context import REFERENCE_CONFIG
+from tests.conftest import E4B_CONFIG
 
 
 @pytest.fixture(scope="module")
 def e4b():
-    return load_text_config(REFERENCE_CONFIG)
+    return load_text_config(E4B_CONFIG)
 
 
 @pytest.fixture
