@@ -7,6 +7,11 @@ GPTQ (Hessians from the calibration activations, desc_act ordering, damping) and
 checkpoint. The down_proj bias rides along: GPTQ quantizes weights only and the packed linear keeps
 the bias.
 
+A model larger than the memory budget (`offload`, `memory_budget`) is not loaded whole: the studio
+builds it on the meta device and GPTQModel's checkpoint-backed source (`LazyTurtle`, with
+`offload_to_disk`) reads each module from the safetensors shards when its layer comes up and writes
+finished layers to a scratch folder; the result is the same, bit for bit (tests/gptq/test_offload.py).
+
 `quantize_checkpoint` returns the per-module error as data (`QuantizeResult.modules`) and writes it
 as `quant_log.csv`; `load_quantized` reads the output back on CPU (GPTQModel's torch kernel) for the
 chat backend and evaluation.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields
@@ -292,18 +298,23 @@ def _restore_pruned_config(source_config, written_path: Path) -> None:
     written_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _quantized_module_biases(model) -> dict[str, torch.Tensor]:
-    """The biases of the modules GPTQ will pack (the FLAP down_proj bias), keyed by tensor name."""
+def _quantized_module_biases(model, model_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The biases of the modules GPTQ will pack (the FLAP down_proj bias), keyed by tensor name, read
+    from the checkpoint in `dtype` (as loading casts them; the model may be a meta-device shell)."""
     from studio.modeling import decoder_layers
+    from studio.streaming import Checkpoint
 
     prefix = "model.language_model.layers" if hasattr(model.model, "language_model") else "model.layers"
-    biases = {}
-    for index, layer in enumerate(decoder_layers(model)):
-        for name in QUANTIZED_MODULES:
-            bias = layer.get_submodule(name).bias
-            if bias is not None:
-                biases[f"{prefix}.{index}.{name}.bias"] = bias.detach().clone()
-    return biases
+    names = [
+        f"{prefix}.{index}.{name}.bias"
+        for index, layer in enumerate(decoder_layers(model))
+        for name in QUANTIZED_MODULES
+        if layer.get_submodule(name).bias is not None
+    ]
+    if not names:
+        return {}
+    checkpoint = Checkpoint(model_dir)
+    return {name: checkpoint.tensor(name, dtype) for name in names}
 
 
 def _restore_biases(folder: Path, biases: dict[str, torch.Tensor]) -> None:
@@ -346,6 +357,68 @@ def _default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+# Share of the memory available when quantizing starts that the model itself may take: the rest is
+# GPTQModel's working set (Hessians, cached layer inputs and outputs, packing), measured at about
+# 1.2 x the model on the 4-layer E4B prefix (docs/scale.md).
+MEMORY_BUDGET_SHARE = 0.4
+
+
+def model_bytes(model_dir: str | Path, dtype: torch.dtype) -> int:
+    """Bytes the checkpoint's tensors take loaded in `dtype` (floating-point ones cast)."""
+    from studio.streaming import Checkpoint
+
+    checkpoint = Checkpoint(model_dir)
+    total = 0
+    for name in checkpoint.names():
+        stored = checkpoint.dtype(name)
+        itemsize = dtype.itemsize if stored.is_floating_point else stored.itemsize
+        total += itemsize * int(torch.Size(checkpoint.shape(name)).numel())
+    return total
+
+
+def default_memory_budget() -> int:
+    """`MEMORY_BUDGET_SHARE` of the memory available now."""
+    import psutil
+
+    return int(psutil.virtual_memory().available * MEMORY_BUDGET_SHARE)
+
+
+def should_offload(model_dir: str | Path, dtype: torch.dtype, memory_budget: int | None = None) -> bool:
+    """Whether the model, loaded in `dtype`, exceeds `memory_budget` bytes (default:
+    `default_memory_budget()`). Only safetensors checkpoints can be read module by module."""
+    from studio.streaming import Checkpoint
+
+    if not Checkpoint.is_checkpoint(model_dir):
+        return False
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    return model_bytes(model_dir, dtype) > budget
+
+
+def _checkpoint_backed_shell(model_dir: Path, dtype: torch.dtype):
+    """The model on the meta device (the studio's classes, so per-layer widths and the down_proj bias
+    fit) and GPTQModel's `LazyTurtle` that fills its modules from the checkpoint's shards on demand."""
+    from transformers import AutoConfig
+
+    from studio.modeling import model_class_for, model_construction
+
+    structure = import_gptqmodel("gptqmodel.utils.structure")
+    config = AutoConfig.from_pretrained(model_dir)
+    with model_construction(), torch.device("meta"):
+        shell = model_class_for(config)._from_config(config, dtype=dtype)
+    shell.eval()
+    definition = _gptq_definition(shell)
+    turtle = structure.LazyTurtle.maybe_create(
+        model_local_path=str(model_dir),
+        config=shell.config,
+        module_tree=definition.module_tree,
+        hf_conversion_map_reversed=definition.resolve_hf_conversion_map_reversed(target_model=shell),
+        target_model=shell,
+    )
+    if turtle is None:
+        raise RuntimeError(f"GPTQModel cannot read {model_dir} module by module (LazyTurtle declined it)")
+    return shell, turtle
+
+
 def quantize_checkpoint(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -355,6 +428,8 @@ def quantize_checkpoint(
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
     max_shard_size: str = "4GB",
+    offload: bool | None = None,
+    memory_budget: int | None = None,
 ) -> QuantizeResult:
     """GPTQ-quantize the checkpoint in `model_dir` and write a GPTQ v1 checkpoint to `out_dir`.
 
@@ -363,7 +438,10 @@ def quantize_checkpoint(
     each quantized module once its decoder layer is done; `should_stop()` is checked at every layer
     boundary and `Cancelled` is raised when it returns true (nothing is written then). `device` is
     where GPTQ runs (default: the first GPU, else the CPU; the model itself stays on the CPU and
-    GPTQModel moves one layer at a time). The output folder appears only when complete.
+    GPTQModel moves one layer at a time). With `offload` (default: when the model exceeds
+    `memory_budget` bytes, see `should_offload`) the model is never held whole: modules are read
+    from the shards as their layer comes up and finished layers go to a scratch folder beside
+    `out_dir`. The output folder appears only when complete.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -375,37 +453,48 @@ def quantize_checkpoint(
         raise FileNotFoundError(f"model: no config.json in {model_dir}")
     calibration_ids = _check_calibration_ids(calibration_ids)
     started = time.perf_counter()
+    if offload is None:
+        offload = should_offload(model_dir, settings.torch_dtype, memory_budget)
 
     source_config = AutoConfig.from_pretrained(model_dir)
-    model = load_model(model_dir, dtype=settings.torch_dtype)
+    if offload:
+        model, turtle = _checkpoint_backed_shell(model_dir, settings.torch_dtype)
+    else:
+        model, turtle = load_model(model_dir, dtype=settings.torch_dtype), None
     _check_group_size(model, settings)
     num_layers = len(decoder_layers(model))
     # GPTQModel's loader records the context length on the model; its layer replay reads it.
     model.seqlen = int(getattr(model.config.get_text_config(), "max_position_embeddings", 4096))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    biases = _quantized_module_biases(model)
-    definition = _gptq_definition(model)
-    gptq = definition(
-        model,
-        quantized=False,
-        quantize_config=settings.gptqmodel_config(device or _default_device()),
-        tokenizer=tokenizer,
-        model_local_path=str(model_dir),
-    )
-    gptq.layer_callback = _LayerBoundary(num_layers, progress, should_stop)
-    gptq.quantize(_calibration_rows(calibration_ids), batch_size=1)
-    records = _records(gptq.quant_log)
-    expected = num_layers * len(QUANTIZED_MODULES)
-    if len(records) != expected:
-        raise RuntimeError(f"GPTQModel quantized {len(records)} modules, expected {expected} (4 per layer)")
+    biases = _quantized_module_biases(model, model_dir, settings.torch_dtype)
+    gptq_config = settings.gptqmodel_config(device or _default_device())
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{Path(out_dir).name}.offload-", dir=Path(out_dir).parent) as scratch:
+        if offload:
+            gptq_config.offload_to_disk, gptq_config.offload_to_disk_path = True, scratch
+        gptq = _gptq_definition(model)(
+            model,
+            quantized=False,
+            quantize_config=gptq_config,
+            tokenizer=tokenizer,
+            model_local_path=str(model_dir),
+            turtle_model=turtle,
+        )
+        gptq.layer_callback = _LayerBoundary(num_layers, progress, should_stop)
+        gptq.quantize(_calibration_rows(calibration_ids), batch_size=1)
+        records = _records(gptq.quant_log)
+        expected = num_layers * len(QUANTIZED_MODULES)
+        if len(records) != expected:
+            raise RuntimeError(f"GPTQModel quantized {len(records)} modules, expected {expected} (4 per layer)")
 
-    with atomic_directory(out_dir) as staging:
-        gptq.save(str(staging), max_shard_size=max_shard_size)
-        write_quant_log(staging / QUANT_LOG_FILE, records)
-        _restore_biases(staging, biases)
-        _restore_pruned_config(source_config, staging / "config.json")
-        _copy_side_files(model_dir, staging)
+        with atomic_directory(out_dir) as staging:
+            # Offloaded layers are read back from `scratch` while saving.
+            gptq.save(str(staging), max_shard_size=max_shard_size)
+            write_quant_log(staging / QUANT_LOG_FILE, records)
+            _restore_biases(staging, biases)
+            _restore_pruned_config(source_config, staging / "config.json")
+            _copy_side_files(model_dir, staging)
     return QuantizeResult(
         out_dir=Path(out_dir).resolve(),
         settings=settings,
