@@ -7,10 +7,11 @@ GPTQ (Hessians from the calibration activations, desc_act ordering, damping) and
 checkpoint. The down_proj bias rides along: GPTQ quantizes weights only and the packed linear keeps
 the bias.
 
-A model larger than the memory budget (`offload`, `memory_budget`) is not loaded whole: the studio
-builds it on the meta device and GPTQModel's checkpoint-backed source (`LazyTurtle`, with
-`offload_to_disk`) reads each module from the safetensors shards when its layer comes up and writes
-finished layers to a scratch folder; the result is the same, bit for bit (tests/gptq/test_offload.py).
+With `offload=True` the model is not loaded whole: the studio builds it on the meta device and
+GPTQModel's checkpoint-backed source (`LazyTurtle`, with `offload_to_disk`) reads each module from
+the safetensors shards when its layer comes up and writes finished layers to a scratch folder; the
+result is the same, bit for bit (tests/gptq/test_offload.py), the peak memory not lower
+(GPTQModel 7.6, docs/scale.md).
 
 `quantize_checkpoint` returns the per-module error as data (`QuantizeResult.modules`) and writes it
 as `quant_log.csv`; `load_quantized` reads the output back on CPU (GPTQModel's torch kernel) for the
@@ -357,43 +358,6 @@ def _default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
-# Share of the memory available when quantizing starts that the model itself may take: the rest is
-# GPTQModel's working set (Hessians, cached layer inputs and outputs, packing), measured at about
-# 1.2 x the model on the 4-layer E4B prefix (docs/scale.md).
-MEMORY_BUDGET_SHARE = 0.4
-
-
-def model_bytes(model_dir: str | Path, dtype: torch.dtype) -> int:
-    """Bytes the checkpoint's tensors take loaded in `dtype` (floating-point ones cast)."""
-    from studio.streaming import Checkpoint
-
-    checkpoint = Checkpoint(model_dir)
-    total = 0
-    for name in checkpoint.names():
-        stored = checkpoint.dtype(name)
-        itemsize = dtype.itemsize if stored.is_floating_point else stored.itemsize
-        total += itemsize * int(torch.Size(checkpoint.shape(name)).numel())
-    return total
-
-
-def default_memory_budget() -> int:
-    """`MEMORY_BUDGET_SHARE` of the memory available now."""
-    import psutil
-
-    return int(psutil.virtual_memory().available * MEMORY_BUDGET_SHARE)
-
-
-def should_offload(model_dir: str | Path, dtype: torch.dtype, memory_budget: int | None = None) -> bool:
-    """Whether the model, loaded in `dtype`, exceeds `memory_budget` bytes (default:
-    `default_memory_budget()`). Only safetensors checkpoints can be read module by module."""
-    from studio.streaming import Checkpoint
-
-    if not Checkpoint.is_checkpoint(model_dir):
-        return False
-    budget = default_memory_budget() if memory_budget is None else memory_budget
-    return model_bytes(model_dir, dtype) > budget
-
-
 def _checkpoint_backed_shell(model_dir: Path, dtype: torch.dtype):
     """The model on the meta device (the studio's classes, so per-layer widths and the down_proj bias
     fit) and GPTQModel's `LazyTurtle` that fills its modules from the checkpoint's shards on demand."""
@@ -428,8 +392,7 @@ def quantize_checkpoint(
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
     max_shard_size: str = "4GB",
-    offload: bool | None = None,
-    memory_budget: int | None = None,
+    offload: bool = False,
 ) -> QuantizeResult:
     """GPTQ-quantize the checkpoint in `model_dir` and write a GPTQ v1 checkpoint to `out_dir`.
 
@@ -438,10 +401,11 @@ def quantize_checkpoint(
     each quantized module once its decoder layer is done; `should_stop()` is checked at every layer
     boundary and `Cancelled` is raised when it returns true (nothing is written then). `device` is
     where GPTQ runs (default: the first GPU, else the CPU; the model itself stays on the CPU and
-    GPTQModel moves one layer at a time). With `offload` (default: when the model exceeds
-    `memory_budget` bytes, see `should_offload`) the model is never held whole: modules are read
-    from the shards as their layer comes up and finished layers go to a scratch folder beside
-    `out_dir`. The output folder appears only when complete.
+    GPTQModel moves one layer at a time). With `offload` the model is never loaded whole: modules
+    are read from the safetensors shards as their layer comes up and finished layers go to a
+    scratch folder beside `out_dir`; the result is the same, but with GPTQModel 7.6 the peak memory
+    is not lower (docs/scale.md), so it is off by default. The output folder appears only when
+    complete.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -453,8 +417,6 @@ def quantize_checkpoint(
         raise FileNotFoundError(f"model: no config.json in {model_dir}")
     calibration_ids = _check_calibration_ids(calibration_ids)
     started = time.perf_counter()
-    if offload is None:
-        offload = should_offload(model_dir, settings.torch_dtype, memory_budget)
 
     source_config = AutoConfig.from_pretrained(model_dir)
     if offload:

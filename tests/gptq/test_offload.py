@@ -1,6 +1,5 @@
 """GPTQ with the model never held whole (GPTQModel's checkpoint-backed offload) against the in-memory
-path, on the demo model pruned by hand: the same packed weights, biases and quant log, bit for bit;
-and when the offload is chosen."""
+path, on the demo model pruned by hand: the same packed weights, biases and quant log, bit for bit."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from studio.gptq.quantize import QuantizeSettings, model_bytes, quantize_checkpoint, read_quant_log, should_offload
+from studio.gptq.quantize import QuantizeSettings, quantize_checkpoint, read_quant_log
 from tests.gptq.test_quantize import SAMPLES, SEQLEN, WIDTHS, prune_by_hand
 
 
@@ -60,14 +59,3 @@ def test_offloaded_quantization_equals_the_in_memory_one(pruned_dir, calibration
     ]
     # The scratch folder for offloaded layers is gone.
     assert sorted(p.name for p in tmp_path.iterdir()) == ["memory", "offload"]
-
-
-def test_offload_is_chosen_past_the_memory_budget(pruned_dir):
-    stored = load_file(str(pruned_dir / "model.safetensors"))
-    float32_bytes = sum(t.numel() * 4 if t.is_floating_point() else t.nbytes for t in stored.values())
-    bfloat16_bytes = sum(t.numel() * 2 if t.is_floating_point() else t.nbytes for t in stored.values())
-    assert model_bytes(pruned_dir, torch.float32) == float32_bytes
-    assert model_bytes(pruned_dir, torch.bfloat16) == bfloat16_bytes
-    assert should_offload(pruned_dir, torch.bfloat16, memory_budget=bfloat16_bytes - 1)
-    assert not should_offload(pruned_dir, torch.bfloat16, memory_budget=bfloat16_bytes)
-    assert not should_offload(pruned_dir.parent, torch.bfloat16, memory_budget=0)  # no safetensors there
