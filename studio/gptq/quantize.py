@@ -20,7 +20,9 @@ chat backend and evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import json
 import shutil
 import tempfile
@@ -432,7 +434,12 @@ def quantize_checkpoint(
     biases = _quantized_module_biases(model, model_dir, settings.torch_dtype)
     gptq_config = settings.gptqmodel_config(device or _default_device())
     Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f".{Path(out_dir).name}.offload-", dir=Path(out_dir).parent) as scratch:
+    scratch_folder = (
+        tempfile.TemporaryDirectory(prefix=f".{Path(out_dir).name}.offload-", dir=Path(out_dir).parent)
+        if offload
+        else contextlib.nullcontext()
+    )
+    with scratch_folder as scratch:
         if offload:
             gptq_config.offload_to_disk, gptq_config.offload_to_disk_path = True, scratch
         gptq = _gptq_definition(model)(
@@ -453,6 +460,10 @@ def quantize_checkpoint(
         with atomic_directory(out_dir) as staging:
             # Offloaded layers are read back from `scratch` while saving.
             gptq.save(str(staging), max_shard_size=max_shard_size)
+            # Nothing needs the model past saving: free it before a shard is read whole to write
+            # the biases back (the peak of the in-memory path otherwise, docs/scale.md).
+            del gptq, model, turtle
+            gc.collect()
             write_quant_log(staging / QUANT_LOG_FILE, records)
             _restore_biases(staging, biases)
             _restore_pruned_config(source_config, staging / "config.json")
