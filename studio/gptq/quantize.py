@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import gc
 import json
 import shutil
 import tempfile
@@ -460,10 +459,6 @@ def quantize_checkpoint(
         with atomic_directory(out_dir) as staging:
             # Offloaded layers are read back from `scratch` while saving.
             gptq.save(str(staging), max_shard_size=max_shard_size)
-            # Nothing needs the model past saving: free it before a shard is read whole to write
-            # the biases back (the peak of the in-memory path otherwise, docs/scale.md).
-            del gptq, model, turtle
-            gc.collect()
             write_quant_log(staging / QUANT_LOG_FILE, records)
             _restore_biases(staging, biases)
             _restore_pruned_config(source_config, staging / "config.json")
