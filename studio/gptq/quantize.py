@@ -7,6 +7,12 @@ GPTQ (Hessians from the calibration activations, desc_act ordering, damping) and
 checkpoint. The down_proj bias rides along: GPTQ quantizes weights only and the packed linear keeps
 the bias.
 
+With `offload=True` the model is not loaded whole: the studio builds it on the meta device and
+GPTQModel's checkpoint-backed source (`LazyTurtle`, with `offload_to_disk`) reads each module from
+the safetensors shards when its layer comes up and writes finished layers to a scratch folder; the
+result is the same, bit for bit (tests/gptq/test_offload.py), the peak memory not lower
+(GPTQModel 7.6, docs/scale.md).
+
 `quantize_checkpoint` returns the per-module error as data (`QuantizeResult.modules`) and writes it
 as `quant_log.csv`; `load_quantized` reads the output back on CPU (GPTQModel's torch kernel) for the
 chat backend and evaluation.
@@ -14,8 +20,10 @@ chat backend and evaluation.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -199,18 +207,23 @@ def _restore_pruned_config(source_config, written_path: Path) -> None:
     written_path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
-def _quantized_module_biases(model) -> dict[str, torch.Tensor]:
-    """The biases of the modules GPTQ will pack (the FLAP down_proj bias), keyed by tensor name."""
+def _quantized_module_biases(model, model_dir: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """The biases of the modules GPTQ will pack (the FLAP down_proj bias), keyed by tensor name, read
+    from the checkpoint in `dtype` (as loading casts them; the model may be a meta-device shell)."""
     from studio.modeling import decoder_layers
+    from studio.streaming import Checkpoint
 
     prefix = "model.language_model.layers" if hasattr(model.model, "language_model") else "model.layers"
-    biases = {}
-    for index, layer in enumerate(decoder_layers(model)):
-        for name in QUANTIZED_MODULES:
-            bias = layer.get_submodule(name).bias
-            if bias is not None:
-                biases[f"{prefix}.{index}.{name}.bias"] = bias.detach().clone()
-    return biases
+    names = [
+        f"{prefix}.{index}.{name}.bias"
+        for index, layer in enumerate(decoder_layers(model))
+        for name in QUANTIZED_MODULES
+        if layer.get_submodule(name).bias is not None
+    ]
+    if not names:
+        return {}
+    checkpoint = Checkpoint(model_dir)
+    return {name: checkpoint.tensor(name, dtype) for name in names}
 
 
 def _restore_biases(folder: Path, biases: dict[str, torch.Tensor]) -> None:
@@ -253,6 +266,31 @@ def _default_device() -> str:
     return "cuda:0" if torch.cuda.is_available() else "cpu"
 
 
+def _checkpoint_backed_shell(model_dir: Path, dtype: torch.dtype):
+    """The model on the meta device (the studio's classes, so per-layer widths and the down_proj bias
+    fit) and GPTQModel's `LazyTurtle` that fills its modules from the checkpoint's shards on demand."""
+    from transformers import AutoConfig
+
+    from studio.modeling import model_class_for, model_construction
+
+    structure = import_gptqmodel("gptqmodel.utils.structure")
+    config = AutoConfig.from_pretrained(model_dir)
+    with model_construction(), torch.device("meta"):
+        shell = model_class_for(config)._from_config(config, dtype=dtype)
+    shell.eval()
+    definition = _gptq_definition(shell)
+    turtle = structure.LazyTurtle.maybe_create(
+        model_local_path=str(model_dir),
+        config=shell.config,
+        module_tree=definition.module_tree,
+        hf_conversion_map_reversed=definition.resolve_hf_conversion_map_reversed(target_model=shell),
+        target_model=shell,
+    )
+    if turtle is None:
+        raise RuntimeError(f"GPTQModel cannot read {model_dir} module by module (LazyTurtle declined it)")
+    return shell, turtle
+
+
 def quantize_checkpoint(
     model_dir: str | Path,
     out_dir: str | Path,
@@ -262,6 +300,7 @@ def quantize_checkpoint(
     should_stop: Callable[[], bool] | None = None,
     device: str | None = None,
     max_shard_size: str = "4GB",
+    offload: bool = False,
 ) -> QuantizeResult:
     """GPTQ-quantize the checkpoint in `model_dir` and write a GPTQ v1 checkpoint to `out_dir`.
 
@@ -270,7 +309,11 @@ def quantize_checkpoint(
     each quantized module once its decoder layer is done; `should_stop()` is checked at every layer
     boundary and `Cancelled` is raised when it returns true (nothing is written then). `device` is
     where GPTQ runs (default: the first GPU, else the CPU; the model itself stays on the CPU and
-    GPTQModel moves one layer at a time). The output folder appears only when complete.
+    GPTQModel moves one layer at a time). With `offload` the model is never loaded whole: modules
+    are read from the safetensors shards as their layer comes up and finished layers go to a
+    scratch folder beside `out_dir`; the result is the same, but with GPTQModel 7.6 the peak memory
+    is not lower (docs/scale.md), so it is off by default. The output folder appears only when
+    complete.
     """
     from transformers import AutoConfig, AutoTokenizer
 
@@ -284,35 +327,49 @@ def quantize_checkpoint(
     started = time.perf_counter()
 
     source_config = AutoConfig.from_pretrained(model_dir)
-    model = load_model(model_dir, dtype=settings.torch_dtype)
+    if offload:
+        model, turtle = _checkpoint_backed_shell(model_dir, settings.torch_dtype)
+    else:
+        model, turtle = load_model(model_dir, dtype=settings.torch_dtype), None
     _check_group_size(model, settings)
     num_layers = len(decoder_layers(model))
     # GPTQModel's loader records the context length on the model; its layer replay reads it.
     model.seqlen = int(getattr(model.config.get_text_config(), "max_position_embeddings", 4096))
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
 
-    biases = _quantized_module_biases(model)
-    definition = _gptq_definition(model)
-    gptq = definition(
-        model,
-        quantized=False,
-        quantize_config=settings.gptqmodel_config(device or _default_device()),
-        tokenizer=tokenizer,
-        model_local_path=str(model_dir),
+    biases = _quantized_module_biases(model, model_dir, settings.torch_dtype)
+    gptq_config = settings.gptqmodel_config(device or _default_device())
+    Path(out_dir).parent.mkdir(parents=True, exist_ok=True)
+    scratch_folder = (
+        tempfile.TemporaryDirectory(prefix=f".{Path(out_dir).name}.offload-", dir=Path(out_dir).parent)
+        if offload
+        else contextlib.nullcontext()
     )
-    gptq.layer_callback = _LayerBoundary(num_layers, progress, should_stop)
-    gptq.quantize(_calibration_rows(calibration_ids), batch_size=1)
-    records = _records(gptq.quant_log)
-    expected = num_layers * len(QUANTIZED_MODULES)
-    if len(records) != expected:
-        raise RuntimeError(f"GPTQModel quantized {len(records)} modules, expected {expected} (4 per layer)")
+    with scratch_folder as scratch:
+        if offload:
+            gptq_config.offload_to_disk, gptq_config.offload_to_disk_path = True, scratch
+        gptq = _gptq_definition(model)(
+            model,
+            quantized=False,
+            quantize_config=gptq_config,
+            tokenizer=tokenizer,
+            model_local_path=str(model_dir),
+            turtle_model=turtle,
+        )
+        gptq.layer_callback = _LayerBoundary(num_layers, progress, should_stop)
+        gptq.quantize(_calibration_rows(calibration_ids), batch_size=1)
+        records = _records(gptq.quant_log)
+        expected = num_layers * len(QUANTIZED_MODULES)
+        if len(records) != expected:
+            raise RuntimeError(f"GPTQModel quantized {len(records)} modules, expected {expected} (4 per layer)")
 
-    with atomic_directory(out_dir) as staging:
-        gptq.save(str(staging), max_shard_size=max_shard_size)
-        write_quant_log(staging / QUANT_LOG_FILE, records)
-        _restore_biases(staging, biases)
-        _restore_pruned_config(source_config, staging / "config.json")
-        copy_side_files(model_dir, staging, exclude=_WRITTEN_BY_GPTQMODEL)
+        with atomic_directory(out_dir) as staging:
+            # Offloaded layers are read back from `scratch` while saving.
+            gptq.save(str(staging), max_shard_size=max_shard_size)
+            write_quant_log(staging / QUANT_LOG_FILE, records)
+            _restore_biases(staging, biases)
+            _restore_pruned_config(source_config, staging / "config.json")
+            copy_side_files(model_dir, staging, exclude=_WRITTEN_BY_GPTQMODEL)
     return QuantizeResult(
         out_dir=Path(out_dir).resolve(),
         settings=settings,

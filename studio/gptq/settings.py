@@ -146,8 +146,8 @@ class QuantizeSettings:
             format=self.checkpoint_format,
             dynamic={pattern: dict(overrides) for pattern, overrides in self.dynamic.items()},
             device=device,
-            # The model is built by the studio and handed over whole; GPTQModel's lazy
-            # checkpoint-backed loading (offload_to_disk) would rebuild it with stock classes.
+            # Off by default: the studio hands GPTQModel the model it built (in memory);
+            # `quantize_checkpoint(offload=True)` turns it on with a studio-built meta skeleton.
             offload_to_disk=False,
         )
         # GPTQModel's from_pretrained normalises these two before quantizing; we bypass it.
