@@ -1,7 +1,9 @@
 """Pruning inside the calibration pass, one decoder layer at a time: refit and sequential calibration.
 
-Two choices need the calibration data while a layer is pruned, not only its statistics:
+Three choices need the calibration data while a layer is pruned, not only its statistics:
 - `compensation="refit"` needs the layer's Gram matrix (one width x width float64 matrix);
+- `metric="obs"` chooses the layer's channels from that Gram matrix (`studio.flap.obs`, which
+  holds its inverse beside it while it chooses);
 - `sequential=True` measures each layer on the outputs of the already-pruned layers before it
   (the statistics, the scores that choose its channels, and the Gram matrix all come from the
   pruned prefix), instead of on the full model's activations (one-shot).
@@ -13,7 +15,8 @@ the CPU with one layer at a time on the accelerator (`layerwise`) or entirely on
 Widths are fixed before this pass: FLAP's global search needs every layer's scores first, so a
 global ratio is turned into widths from a one-shot statistics pass (see `studio.flap.pipeline`).
 A one-shot pass may also take its channel scores from that earlier pass (`scores`), so that the
-channels are the same as those `bias` or `none` would prune.
+channels are the same as those `bias` or `none` would prune; obs, whose choice needs the Gram
+matrix, always chooses in this pass (the earlier pass's scores only gave the widths).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ import torch
 
 from studio.flap.prune import LayerPruneResult, prune_layer
 from studio.flap.refit import GramMatrix
-from studio.flap.scores import channel_scores
-from studio.flap.settings import FlapSettings
+from studio.flap.scores import calibrated_scores
+from studio.flap.settings import GRAM_METRICS, FlapSettings
 from studio.flap.stats import (
     ChannelMoments,
     FlapStatistics,
@@ -94,7 +97,8 @@ def prune_while_calibrating(
 
     `settings` gives the metric, the compensation (and its damping) and whether the pass is
     sequential. `scores` fixes the channel scores (one-shot only: a sequential pass scores each
-    layer on its pruned prefix); by default each layer is scored on what this pass measured.
+    layer on its pruned prefix; obs ignores them); by default each layer is scored on what this
+    pass measured.
     Layers visit `device` one at a time, as `collect_statistics(layerwise=True)` does. `model` may
     also be a layer source (`studio.streaming.StreamedDecoder`): its layers are then read from disk
     and dropped after their visit, so `on_pruned(index, layer)` is where each pruned layer is kept
@@ -115,10 +119,13 @@ def prune_while_calibrating(
 
     def visit(index: int, layer, inputs: LayerInputs) -> list[torch.Tensor]:
         # One-shot: the next layer sees the full layer's outputs; sequential: the pruned layer's, computed below.
-        measured = measure_layer(layer, inputs, settings.compensation == "refit", advance=not settings.sequential)
+        measured = measure_layer(layer, inputs, settings.needs_gram, advance=not settings.sequential)
         stats = measured.moments
-        layer_scores = channel_scores(settings.metric, stats.mean, stats.variance, layer.mlp.down_proj.weight)
-        chosen = scores[index] if scores is not None else layer_scores
+        layer_scores = calibrated_scores(
+            settings.metric, stats, layer.mlp.down_proj.weight, measured.gram, widths[index], settings.refit_damp
+        )
+        # A Gram metric's channels are chosen here, whatever the earlier pass scored.
+        chosen = scores[index] if scores is not None and settings.metric not in GRAM_METRICS else layer_scores
         original = layer.mlp.down_proj.in_features
         keep, before, after = prune_layer(
             layer, chosen, stats.mean, widths[index], settings.compensation, measured.gram, settings.refit_damp

@@ -12,7 +12,9 @@ from dataclasses import dataclass, fields
 
 from studio.fields import reject_unknown
 
-METRICS = ("wifv", "wifn", "ifv")
+METRICS = ("wifv", "wifn", "ifv", "obs")
+# Metrics that choose a layer's channels from its Gram matrix while pruning it (`studio.flap.obs`).
+GRAM_METRICS = ("obs",)
 # What replaces the removed channels' contribution to a layer's down_proj output:
 # - bias:  their mean, folded into a bias (FLAP, the card's method);
 # - refit: a least-squares refit of the kept columns and the bias to the full layer's output;
@@ -26,6 +28,7 @@ class FlapSettings:
 
     `refit_damp` is the ridge weight of the refit, relative to the mean diagonal of its Gram
     matrix; the ridge pulls toward the bias solution, so the refit never fits worse than `bias`.
+    The `obs` metric damps its Gram matrix by the same weight.
     `sequential` calibrates each layer on the outputs of the already-pruned layers before it.
     """
 
@@ -58,9 +61,14 @@ class FlapSettings:
                 raise ValueError(f"flap.{name}: must be true or false, got {getattr(self, name)!r}")
 
     @property
+    def needs_gram(self) -> bool:
+        """Whether pruning a layer needs its Gram matrix (a refit, or channels chosen by obs)."""
+        return self.compensation == "refit" or self.metric in GRAM_METRICS
+
+    @property
     def calibrates_while_pruning(self) -> bool:
         """Whether pruning needs its own pass over the calibration data (a Gram matrix, or a pruned prefix)."""
-        return self.compensation == "refit" or self.sequential
+        return self.needs_gram or self.sequential
 
     @classmethod
     def from_dict(cls, data: dict) -> FlapSettings:

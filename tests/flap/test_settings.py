@@ -22,7 +22,7 @@ from tests.conftest import CALIBRATION_TEXT
         ({"refit_damp": 1.0}, r"flap.refit_damp: must be a number in \[0, 1\), got 1.0"),
         ({"refit_damp": True}, r"flap.refit_damp: must be a number in \[0, 1\), got True"),
         ({"sequential": "yes"}, "flap.sequential: must be true or false, got 'yes'"),
-        ({"metric": "magnitude"}, "flap.metric: must be one of wifv, wifn, ifv, got 'magnitude'"),
+        ({"metric": "magnitude"}, "flap.metric: must be one of wifv, wifn, ifv, obs, got 'magnitude'"),
         ({"batch_size": 0}, "flap.batch_size: must be a positive integer, got 0"),
     ],
 )
