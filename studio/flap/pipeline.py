@@ -32,7 +32,7 @@ from studio.checkpoint import FLAP_STATS_FILE, PRUNE_SUMMARY_FILE
 from studio.flap.layerwise import prune_while_calibrating
 from studio.flap.prune import LayerPruneResult, prune_model
 from studio.flap.scores import model_scores, standardize
-from studio.flap.settings import FlapSettings
+from studio.flap.settings import GRAM_METRICS, FlapSettings
 from studio.flap.stats import ChannelMoments, FlapStatistics, ProgressFn, collect_statistics
 from studio.flap.suggest import suggest_widths
 from studio.modeling import load_model, text_config_of
@@ -171,7 +171,8 @@ def apply_plan(
     if input_ids is None:
         raise ValueError(f"calibration: compensation={settings.compensation!r}, sequential={settings.sequential} "
                          "prunes during a calibration pass and needs the calibration ids")
-    fixed = None if settings.sequential else scores
+    # OBS and sequential passes choose (and record) their own channel scores; the others reuse `scores`.
+    fixed = None if settings.sequential or settings.metric in GRAM_METRICS else scores
     calibrated = prune_while_calibrating(model, input_ids, widths, settings, device, fixed, progress, should_stop)
     if fixed is None:
         return calibrated.statistics, calibrated.scores, calibrated.results
@@ -353,7 +354,7 @@ def _prune_streamed(run: _PruneRun, plan, out_dir, statistics: Statistics | None
     with atomic_directory(out_dir) as staging:
         writer = LayerByLayerWriter(staging, source.checkpoint, pruned_model, source.dtype)
         if settings.calibrates_while_pruning:
-            fixed = None if settings.sequential else scores
+            fixed = None if settings.sequential or settings.metric in GRAM_METRICS else scores
             calibrated = prune_while_calibrating(
                 source, run.ids, plan.widths, settings, None, fixed, run.progress, run.should_stop,
                 on_pruned=writer.write_layer,

@@ -94,7 +94,11 @@ class FlapSettings:
         (`--max-layer-ratio` goes with the plan options, `add_max_ratio_argument`)."""
         defaults = FlapSettings()
         parser.add_argument(
-            "--metric", default=defaults.metric, choices=METRICS, help=f"channel score (default: {defaults.metric})"
+            "--metric",
+            default=defaults.metric,
+            choices=METRICS,
+            help="channel score; obs removes channels greedily by their least-squares cost with the inverse Gram "
+            f"matrix (docs/obs.md) (default: {defaults.metric})",
         )
         parser.add_argument(
             "--compensation",
@@ -108,7 +112,7 @@ class FlapSettings:
             "--refit-damp",
             type=float,
             default=defaults.refit_damp,
-            help=f"with --compensation refit: ridge weight relative to the Gram matrix's mean diagonal, pulling toward "
+            help=f"with --compensation refit or --metric obs: ridge weight relative to the Gram matrix's mean diagonal, pulling toward "
             f"the bias solution (default: {defaults.refit_damp})",
         )
         parser.add_argument(

@@ -221,3 +221,7 @@ def test_cli_prunes_with_obs_by_a_plan_and_by_a_ratio(demo_model_dir, calibratio
         assert main(_prune_args(demo_model_dir, target, calibration_text, "--ratio", "0.25", "--metric", metric)) == 0
         widths[metric] = [layer["kept_width"] for layer in json.loads((target / "prune_summary.json").read_text())["layers"]]
     assert widths["obs"] == widths["wifv"] and sum(widths["obs"]) == 8 * 512 - 1024
+    # ... and the stored scores are OBS's own (top score shared by each layer's kept width), not WIFV's.
+    _stats, scores, metric = load_statistics(tmp_path / "obs-ratio" / "flap_stats.safetensors")
+    assert metric == "obs"
+    assert [int((s == s.max()).sum()) for s in scores] == widths["obs"]
