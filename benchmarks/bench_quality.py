@@ -465,8 +465,10 @@ def _model_description(info: dict) -> str:
         f"{recipe['batch_size']} x {recipe['seqlen']} tokens (BOS-led rows; {recipe.get('fact_rows', 0)} of each batch's rows "
         f"from the facts text) on `wikitext-2-valid.txt` ({info['corpus_tokens']} tokens) and "
         f"{info.get('facts', 0)} generated facts ({recipe.get('fact_entities', 0)} entities x 5 relations, 4 training "
-        f"templates each: {info.get('fact_tokens', 0)} tokens), in {info['train_seconds']:.0f} s with {recipe['threads']} "
-        f"thread(s) (load average {info.get('load_average_at_end', float('nan')):.1f} at the end); final training loss "
+        f"templates each: {info.get('fact_tokens', 0)} tokens), in {info['train_seconds']:.0f} s wall with {recipe['threads']} "
+        f"thread(s) (load average {info.get('load_average_at_end', float('nan')):.1f} at the end"
+        + (f"; {info['train_cpu_seconds']:.0f} CPU s" if "train_cpu_seconds" in info else "")
+        + "); final training loss "
         f"{info['final_train_loss']:.3f}."
     )
 
