@@ -276,12 +276,15 @@ def run(args) -> dict:
                         if mode == "sequential" and method not in sequential:
                             continue
                         for compensation in args.compensations:
+                            if mode == "sequential" and method not in METRICS and compensation == "none":
+                                continue  # fixed channels and nothing measured: the one-shot model again
                             with costs.measure(stage_name(compensation, mode)):
                                 model = prune_copy(dense, method, compensation, mode, widths, stats, scores[method],
                                                    calib_ids, args.calib_batch_size)
                             row = {"method": method, "compensation": compensation, "mode": mode, "plan": kind,
                                    "ratio": ratio, "seed": seed, **measure(model)}
                             out["runs"].append(row)
+                            save_partial(out, costs, args.json)
                             _log(f"seed {seed} {kind} {ratio:g} {method} {compensation} {mode}: "
                                  f"ppl {row['ppl']:.2f} recall {row['recall']:.3f}")
                             key = f"{method}/{compensation}/{mode}"
@@ -292,9 +295,16 @@ def run(args) -> dict:
         if not args.no_quant:
             quantize_all(args, out, {"dense": dense, **quant_models}, calib_ids, seed, tokenizer, measure, costs)
         quant_models.clear()
+    save_partial(out, costs, None)
+    return out
+
+
+def save_partial(out: dict, costs: CostLog, path: Path | None) -> None:
+    """Bring the costs and load up to date in `out`, and write it to `path` (so that a run cut short keeps its rows)."""
     out["costs"] = {name: asdict(stage) for name, stage in costs.stages.items()}
     out["load_average"] = os.getloadavg()
-    return out
+    if path is not None:
+        path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 def quantize_all(args, out, candidates, calib_ids, seed, tokenizer, measure, costs) -> None:
@@ -473,6 +483,13 @@ def _model_description(info: dict) -> str:
     )
 
 
+def _cell(stat: Stat | None, digits: int, seeds: int) -> str:
+    """mean +- std; the seed count too when a run cut short has fewer seeds than asked for."""
+    if stat is None:
+        return "-"
+    return stat.fmt(digits) + (f" (n={stat.n})" if stat.n != seeds else "")
+
+
 def render(merged: dict, command: str) -> str:
     settings = merged["settings"]
     grid = Grid(merged["runs"])
@@ -522,7 +539,7 @@ def render(merged: dict, command: str) -> str:
                     for mode in MODES:
                         cells = [grid.get(method, c, mode, plan, ratio, metric) for c in comps]
                         if any(cells):
-                            rows.append([method, mode] + [c.fmt(digits) if c else "-" for c in cells])
+                            rows.append([method, mode] + [_cell(c, digits, seeds) for c in cells])
                 if rows:
                     lines += ["", f"## {ratio:.0%} of the FFN pruned, {plan} widths: {title}", ""]
                     lines.append(_table(["channels", "calibration"] + [f"compensation {c}" for c in comps], rows))
