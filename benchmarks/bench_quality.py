@@ -1,20 +1,28 @@
-"""What compression costs in quality: FLAP against naive structured pruning, GPTQ against RTN.
+"""What compression costs in quality: channel scores x compensation x calibration mode, GPTQ against RTN.
 
-On the small trained bench model (`studio.bench_model`), this measures held-out perplexity
-(WikiText-2 raw test) of:
-- the dense model and a random-weight model of the same architecture (the floor and the ceiling);
-- FFN pruning at each ratio, with two plans of the same total width (uniform, and the widths FLAP
-  suggests from its WIFV scores), by six channel choices: FLAP (WIFV + bias compensation), WIFV
-  without bias, IFV, WIFN (both with bias), weight magnitude and random channels (no bias);
-- each model of the first ratio (uniform plan) and the dense model after GPTQ W4 g128 (GPTQModel,
-  the card's settings; `--group-size` changes the group) and after round-to-nearest W4 on the same
-  grid, both evaluated in float32 with the dequantized weights;
-- the cost of each stage (CPU time, wall time, peak resident memory above the stage's start) as a
-  ratio to one plain forward pass over the calibration batch.
-It prints the tables and writes them, with the command, to docs/results.md.
+On the small trained bench model (`studio.bench_model`), calibrated on the first half of WikiText-2
+raw test and evaluated on its second half (neither in its training corpus), this measures two
+things per model: held-out perplexity and fact recall on held-out phrasings (`studio.eval.facts`):
+- the dense model, and the same architecture with random weights;
+- FFN pruning at each ratio: channel scores (every FLAP metric the library registers, weight
+  magnitude, random channels) x compensation (every one the library registers: bias, refit, none)
+  x calibration (one-shot; sequential: each layer calibrated on the pruned layers before it), on
+  the uniform plan and, with `--full`, on the widths FLAP suggests from its WIFV scores;
+- GPTQ W4 g128 (GPTQModel, the card's settings) against round-to-nearest on the same grid, on the
+  dense model and the models of the first ratio given by `--quant-models`;
+- the cost of each stage (CPU and wall time, peak resident memory) as a ratio to one plain forward
+  pass over the calibration batch.
+Every pruned or quantized number is a mean +- standard deviation over `--seeds` calibration seeds;
+seed i draws the calibration samples with seed i and, for random channels, the channels with seed i.
 
-    python benchmarks/bench_quality.py                 # the defaults used for docs/results.md
-    python benchmarks/bench_quality.py --max-tokens 8192 --no-quant --out /tmp/r.md   # quick look
+The default run is a subset that fits a shared 2-core machine: uniform plans, every score and
+compensation one-shot, sequential for WIFV and random. `--full` runs the rest (sequential for every
+score, FLAP-suggested widths). Results go to a JSON file (`--json`); `--merge A.json B.json ...`
+renders several runs (say one per ratio, run side by side) into one report.
+
+    python benchmarks/bench_quality.py                      # the subset in docs/results.md
+    python benchmarks/bench_quality.py --ratios 0.5 --methods random --compensations none --no-quant \\
+        --out /tmp/r.md                                     # quick look: does random pruning cost?
 """
 
 from __future__ import annotations
@@ -22,13 +30,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
+import math
 import os
 import shlex
+import statistics
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -37,45 +48,33 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from studio.bench_model import RECIPE_FILE, BenchRecipe, ensure_bench_model  # noqa: E402
-from studio.calibration import CalibrationSpec, build_calibration_ids, leading_bos  # noqa: E402
-from studio.calibration import OFFLINE_EVALUATION_TEXT  # noqa: E402
-from studio.demo_model import DEFAULT_TOKENIZER_CORPUS  # noqa: E402
-from studio.eval import evaluate_perplexity_ids, load_eval_text  # noqa: E402
+from studio.bench_model import HELD_OUT_QUERIES, RECIPE_FILE, TRAINING_QUERIES, bench_texts, ensure_bench_model  # noqa: E402
+from studio.calibration import OFFLINE_EVALUATION_TEXT, leading_bos, pack_samples, tokenize_stream  # noqa: E402
+from studio.eval import evaluate_perplexity_ids  # noqa: E402
+from studio.eval.baselines import load_gptq_weights_, magnitude_scores, random_scores, rtn_quantize_model_  # noqa: E402
+from studio.eval.facts import fact_recall, read_queries  # noqa: E402
 from studio.eval.perplexity import tokenize_text  # noqa: E402
-from studio.eval.baselines import (  # noqa: E402
-    load_gptq_weights_,
-    magnitude_scores,
-    random_scores,
-    rtn_quantize_model_,
-)
-from studio.flap import collect_statistics, model_scores, prune_model  # noqa: E402
-from studio.flap.pipeline import suggested_plan  # noqa: E402
-from studio.modeling import load_model, text_config_of  # noqa: E402
+from studio.flap import COMPENSATIONS, METRICS, FlapSettings, collect_statistics, model_scores  # noqa: E402
+from studio.flap.layerwise import measure_layer  # noqa: E402
+from studio.flap.pipeline import apply_plan, suggested_plan  # noqa: E402
+from studio.flap.prune import prune_layer  # noqa: E402
+from studio.flap.stats import walk_layers  # noqa: E402
+from studio.modeling import load_model, mark_pruned, text_config_of  # noqa: E402
 from studio.plans.plan import uniform_plan  # noqa: E402
 
 MMAP_THRESHOLD_ENV = "MALLOC_MMAP_THRESHOLD_"
 GPTQ_STAGE = "GPTQ W4 (GPTQModel)"
+FORWARD_STAGE = "plain forward pass"
 NOTES_MARKER = "<!-- notes below are written by hand and kept by bench_quality.py -->"
-DEFAULT_TEST_TEXT = OFFLINE_EVALUATION_TEXT
+BASELINE_SCORES = ("magnitude", "random")
+MODES = ("one-shot", "sequential")
+# The subset's sequential runs: FLAP's default score and the floor.
+DEFAULT_SEQUENTIAL = ("wifv", "random")
 
 
-@dataclass(frozen=True)
-class Method:
-    key: str
-    label: str
-    scores: str  # a FLAP metric, "magnitude" or "random"
-    bias: bool
-
-
-METHODS = (
-    Method("flap", "FLAP: WIFV + bias compensation", "wifv", True),
-    Method("wifv-nobias", "WIFV, no bias compensation", "wifv", False),
-    Method("ifv", "IFV + bias compensation", "ifv", True),
-    Method("wifn", "WIFN + bias compensation", "wifn", True),
-    Method("magnitude", "weight-magnitude channels (no bias)", "magnitude", False),
-    Method("random", "random channels (no bias)", "random", False),
-)
+def all_methods() -> tuple[str, ...]:
+    """Channel scores: the library's FLAP metrics (so a new one, e.g. OBS, joins by itself), then the baselines."""
+    return tuple(METRICS) + BASELINE_SCORES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,15 +127,63 @@ class CostLog:
 
 
 # ---------------------------------------------------------------------------------------------
-# Models
+# Pruning
 
 
-def _scores(method: Method, dense, stats, seed: int) -> list[torch.Tensor]:
-    if method.scores == "magnitude":
+def baseline_scores(method: str, dense, seed: int) -> list[torch.Tensor]:
+    if method == "magnitude":
         return magnitude_scores(dense)
-    if method.scores == "random":
-        return random_scores(dense, seed)
-    return model_scores(dense, stats, method.scores)
+    return random_scores(dense, seed)
+
+
+@torch.no_grad()
+def prune_sequential_fixed(model, calib_ids, widths, scores, compensation, settings: FlapSettings) -> None:
+    """Sequential calibration with channels chosen up front (the baselines' scores do not depend on
+    activations): each layer's mean (bias) or Gram matrix (refit) is measured on the pruned prefix.
+
+    `studio.flap.layerwise.prune_while_calibrating` scores each layer on the prefix instead, which
+    is what a FLAP metric does sequentially; this is the same walk with fixed channels.
+    """
+
+    def visit(index, layer, inputs):
+        measured = measure_layer(layer, inputs, compensation == "refit", advance=False)
+        prune_layer(layer, scores[index], measured.moments.mean, widths[index], compensation, measured.gram,
+                    settings.refit_damp)
+        return inputs.advance(layer)
+
+    walk_layers(model, calib_ids, settings.batch_size, None, visit)
+    mark_pruned(model, list(widths))
+
+
+def prune_copy(dense, method, compensation, mode, widths, stats, scores, calib_ids, batch_size):
+    """A pruned copy of `dense`. `scores` are the one-shot scores of `method`."""
+    model = copy.deepcopy(dense)
+    flap_metric = method in METRICS
+    settings = FlapSettings(
+        metric=method if flap_metric else "wifv", compensation=compensation, sequential=mode == "sequential",
+        batch_size=batch_size,
+    )
+    if mode == "sequential" and not flap_metric:
+        prune_sequential_fixed(model, calib_ids, widths, scores, compensation, settings)
+    else:
+        apply_plan(model, widths, settings, stats, None if settings.sequential else scores, calib_ids)
+    return model
+
+
+def stage_name(compensation: str, mode: str) -> str:
+    if mode == "sequential":
+        return f"prune, sequential pass ({compensation})"
+    if compensation == "refit":
+        return "prune, refit pass (Gram matrices + solve)"
+    return f"prune, slice ({compensation})"
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _random_init_model(model_dir: Path, seed: int):
@@ -151,120 +198,200 @@ def _random_init_model(model_dir: Path, seed: int):
         return model_class_for(config)(config).eval()
 
 
-def _log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+def _evenly(items: list, count: int) -> list:
+    """`count` items spread evenly over `items` (all of them when count is 0 or larger)."""
+    if not count or count >= len(items):
+        return list(items)
+    return [items[i * len(items) // count] for i in range(count)]
 
 
-@dataclass
-class Results:
-    info: dict
-    eval_settings: dict
-    calibration: CalibrationSpec
-    dense_ppl: float = 0.0
-    random_init_ppl: float = 0.0
-    plans: dict = field(default_factory=dict)  # (plan kind, ratio) -> widths
-    pruned: dict = field(default_factory=dict)  # (method, plan kind, ratio) -> ppl
-    quant: dict = field(default_factory=dict)  # (method or "dense") -> {"fp32", "gptq", "rtn"}
-    gptq_kernel_ppl: dict = field(default_factory=dict)
-    costs: CostLog = field(default_factory=CostLog)
-
-
-def run(args) -> Results:
-    import json
-
+def run(args) -> dict:
     from transformers import AutoTokenizer
 
-    recipe = BenchRecipe()
-    model_dir = args.model or ensure_bench_model(recipe, log=_log)
-    recipe_file = Path(model_dir) / RECIPE_FILE
+    model_dir = Path(args.model or ensure_bench_model(log=_log))
+    recipe_file = model_dir / RECIPE_FILE
     info = json.loads(recipe_file.read_text()) if recipe_file.is_file() else {}
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    eval_ids = tokenize_text(tokenizer, load_eval_text(args.text), args.max_tokens)
-    eval_kwargs = dict(seqlen=args.seqlen, stride=args.stride or args.seqlen, batch_size=args.batch_size)
-    spec = CalibrationSpec(source=str(args.calibration), samples=args.calib_samples, seqlen=args.calib_seqlen, seed=0)
-    results = Results(info={**info, "model_dir": str(model_dir)}, eval_settings=eval_kwargs, calibration=spec)
-    costs = results.costs
+    bos = leading_bos(tokenizer)
+    calib_text, eval_text = bench_texts(args.text)
+    eval_ids = tokenize_text(tokenizer, eval_text, args.max_tokens)
+    calib_stream = tokenize_stream(tokenizer, calib_text)
+    held_out = _evenly(read_queries(model_dir / HELD_OUT_QUERIES), args.recall_queries)
+    trained = _evenly(read_queries(model_dir / TRAINING_QUERIES), args.recall_queries)
+    costs = CostLog()
+    out = {
+        "info": {**info, "model_dir": str(model_dir)},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "eval_tokens": len(eval_ids), "calibration_tokens_available": len(calib_stream),
+        "recall_queries": len(held_out), "runs": [], "quant": [], "plans": {},
+    }
 
-    def ppl(model) -> float:
+    def measure(model) -> dict:
         with costs.measure("perplexity evaluation"):
-            return evaluate_perplexity_ids(model, eval_ids, **eval_kwargs, bos_token_id=leading_bos(tokenizer)).ppl
+            ppl = evaluate_perplexity_ids(model, eval_ids, seqlen=args.seqlen, batch_size=args.batch_size,
+                                          bos_token_id=bos).ppl
+        with costs.measure("fact recall evaluation"):
+            recall = fact_recall(model, tokenizer, held_out, batch_size=args.batch_size * 4)
+        return {"ppl": ppl, "recall": recall}
 
-    calib_ids = build_calibration_ids(tokenizer, spec)
+    def calibration(seed: int) -> torch.Tensor:
+        return pack_samples(calib_stream, args.calib_samples, args.calib_seqlen, seed, bos, source="calibration half")
+
     dense = load_model(model_dir)
     text_config = text_config_of(dense.config)
     with torch.no_grad():
-        for _ in range(2):  # the first pass warms up kernels and allocator; the second is measured
-            with contextlib.ExitStack() as stack:
-                if _:
-                    stack.enter_context(costs.measure("plain forward pass"))
-                for start in range(0, len(calib_ids), args.calib_batch_size):
-                    dense(input_ids=calib_ids[start : start + args.calib_batch_size], use_cache=False)
+        ids = calibration(0)
+        for measured in (False, True):  # the first pass warms up kernels and allocator
+            with costs.measure(FORWARD_STAGE) if measured else contextlib.nullcontext():
+                for start in range(0, len(ids), args.calib_batch_size):
+                    dense(input_ids=ids[start : start + args.calib_batch_size], use_cache=False)
+    out["dense"] = measure(dense)
+    out["dense"]["recall_training_templates"] = fact_recall(dense, tokenizer, trained, batch_size=args.batch_size * 4)
+    out["random_init"] = measure(_random_init_model(model_dir, 0))
+    _log(f"dense {out['dense']}, random init {out['random_init']}")
 
-    results.dense_ppl = ppl(dense)
-    results.random_init_ppl = ppl(_random_init_model(model_dir, recipe.seed))
-    _log(f"dense ppl {results.dense_ppl:.2f}, random-init ppl {results.random_init_ppl:.2f}")
-
-    with costs.measure("FLAP statistics (calibration forward)"):
-        stats = collect_statistics(dense, calib_ids, batch_size=args.calib_batch_size)
-    scores = {}
-    for method in METHODS:
-        if method.scores not in scores:
+    methods = args.methods or all_methods()
+    sequential = methods if args.full else [m for m in methods if m in DEFAULT_SEQUENTIAL]
+    kinds = ("uniform", "flap-suggested") if args.full else ("uniform",)
+    quant_models = {}
+    for seed in range(args.seeds):
+        calib_ids = calibration(seed)
+        with costs.measure("FLAP statistics (calibration forward)"):
+            stats = collect_statistics(dense, calib_ids, batch_size=args.calib_batch_size)
+        scores = {}
+        for method in methods:
             with costs.measure("channel scores"):
-                scores[method.scores] = _scores(method, dense, stats, seed=0)
+                scores[method] = (model_scores(dense, stats, method) if method in METRICS
+                                  else baseline_scores(method, dense, seed))
+        for ratio in args.ratios:
+            for kind in kinds:
+                if kind == "uniform":
+                    widths = uniform_plan(text_config, ratio).widths
+                else:
+                    wifv = scores.get("wifv") or model_scores(dense, stats, "wifv")
+                    widths = suggested_plan(wifv, text_config, ratio, max_ratio=args.max_layer_ratio).widths
+                out["plans"].setdefault(f"{kind} {ratio:g}", []).append(widths)
+                for method in methods:
+                    for mode in MODES:
+                        if mode == "sequential" and method not in sequential:
+                            continue
+                        for compensation in args.compensations:
+                            if mode == "sequential" and method not in METRICS and compensation == "none":
+                                continue  # fixed channels and nothing measured: the one-shot model again
+                            with costs.measure(stage_name(compensation, mode)):
+                                model = prune_copy(dense, method, compensation, mode, widths, stats, scores[method],
+                                                   calib_ids, args.calib_batch_size)
+                            row = {"method": method, "compensation": compensation, "mode": mode, "plan": kind,
+                                   "ratio": ratio, "seed": seed, **measure(model)}
+                            out["runs"].append(row)
+                            save_partial(out, costs, args.json)
+                            _log(f"seed {seed} {kind} {ratio:g} {method} {compensation} {mode}: "
+                                 f"ppl {row['ppl']:.2f} recall {row['recall']:.3f}")
+                            key = f"{method}/{compensation}/{mode}"
+                            if (not args.no_quant and kind == "uniform" and ratio == args.ratios[0]
+                                    and key in args.quant_models):
+                                quant_models[key] = model
+                            del model
+        if not args.no_quant:
+            quantize_all(args, out, {"dense": dense, **quant_models}, calib_ids, seed, tokenizer, measure, costs)
+        quant_models.clear()
+    save_partial(out, costs, None)
+    return out
 
-    for ratio in args.ratios:
-        results.plans[("uniform", ratio)] = uniform_plan(text_config, ratio).widths
-        results.plans[("flap-suggested", ratio)] = suggested_plan(
-            scores["wifv"], text_config, ratio, max_ratio=args.max_layer_ratio
-        ).widths
-    pruned_for_quant = {}
-    for (kind, ratio), widths in results.plans.items():
-        for method in METHODS:
-            model = copy.deepcopy(dense)
-            with costs.measure("prune (slice + bias)"):
-                prune_model(model, scores[method.scores], stats.means, widths, "bias" if method.bias else "none")
-            results.pruned[(method.key, kind, ratio)] = ppl(model)
-            _log(f"{kind} {ratio:g} {method.key}: ppl {results.pruned[(method.key, kind, ratio)]:.2f}")
-            if kind == "uniform" and ratio == args.ratios[0] and not args.no_quant:
-                pruned_for_quant[method.key] = model
 
-    if not args.no_quant:
-        quantize_all(args, results, dense, pruned_for_quant, calib_ids, spec, tokenizer, ppl)
-    return results
+def save_partial(out: dict, costs: CostLog, path: Path | None) -> None:
+    """Bring the costs and load up to date in `out`, and write it to `path` (so that a run cut short keeps its rows)."""
+    out["costs"] = {name: asdict(stage) for name, stage in costs.stages.items()}
+    out["load_average"] = os.getloadavg()
+    if path is not None:
+        path.write_text(json.dumps(out, indent=1) + "\n")
 
 
-def quantize_all(args, results, dense, pruned, calib_ids, spec, tokenizer, ppl) -> None:
+def quantize_all(args, out, candidates, calib_ids, seed, tokenizer, measure, costs) -> None:
+    from studio.calibration import CalibrationSpec
     from studio.gptq.quantize import QuantizeSettings, load_quantized, quantize_checkpoint
 
-    costs = results.costs
-    # The card's settings (W4, sym, desc_act, damp 0.01) at the chosen group size.
+    # The card's settings (W4, sym, desc_act, damp 0.01) at the chosen group size; the ids are given.
+    spec = CalibrationSpec(source="calibration half", samples=args.calib_samples, seqlen=args.calib_seqlen, seed=seed)
     settings = QuantizeSettings(dtype="float32", calibration=spec, group_size=args.group_size)
-    candidates = {"dense": dense, **pruned}
     with tempfile.TemporaryDirectory(prefix="bench-quality-") as work:
         work = Path(work)
         for key, model in candidates.items():
-            source = work / f"{key}-fp32"
+            source = work / f"{key.replace('/', '-')}-fp32"
             model.save_pretrained(source)
             tokenizer.save_pretrained(source)
             with costs.measure(GPTQ_STAGE):
-                quantize_checkpoint(source, work / f"{key}-gptq", calib_ids, settings, device="cpu")
+                quantize_checkpoint(source, work / f"{source.name}-gptq", calib_ids, settings, device="cpu")
             # float16 keeps the scales' precision better than bfloat16; weights are copied into float32.
-            quantized = load_quantized(work / f"{key}-gptq", dtype=torch.float16)
+            quantized = load_quantized(work / f"{source.name}-gptq", dtype=torch.float16)
             gptq_model = load_model(source)
             load_gptq_weights_(gptq_model, quantized)
             rtn_model = load_model(source)
             with costs.measure("RTN W4"):
                 rtn_quantize_model_(rtn_model, group_size=args.group_size)
-            results.quant[key] = {"fp32": ppl(model), "gptq": ppl(gptq_model), "rtn": ppl(rtn_model)}
-            if key in ("dense", "flap"):
-                # Cross-check: the same checkpoint through GPTQModel's own torch kernel (float16).
-                results.gptq_kernel_ppl[key] = ppl(quantized)
-            _log(f"quant {key}: {results.quant[key]}")
+            row = {"model": key, "seed": seed, "fp32": measure(model), "gptq": measure(gptq_model),
+                   "rtn": measure(rtn_model)}
+            out["quant"].append(row)
+            _log(f"quant seed {seed} {key}: {row}")
             del quantized, gptq_model, rtn_model
 
 
 # ---------------------------------------------------------------------------------------------
 # Report
+
+
+@dataclass(frozen=True)
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> Stat:
+        return cls(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
+
+    def fmt(self, digits: int = 2) -> str:
+        return f"{self.mean:.{digits}f} +- {self.std:.{digits}f}"
+
+
+def beyond_noise(a: Stat, b: Stat) -> bool:
+    """Whether |a - b| exceeds twice their combined standard deviation, sqrt(std_a^2 + std_b^2)."""
+    return abs(a.mean - b.mean) > 2 * math.hypot(a.std, b.std)
+
+
+def compare(name_a: str, a: Stat, name_b: str, b: Stat, lower_is_better: bool, digits: int = 2) -> str:
+    """One "A beats B" sentence with its noise verdict."""
+    gap, noise = abs(a.mean - b.mean), 2 * math.hypot(a.std, b.std)
+    numbers = f"{name_a} {a.fmt(digits)} vs {name_b} {b.fmt(digits)}"
+    if round(gap, digits) == 0:
+        return f"{name_a} and {name_b} tie ({numbers})"
+    better = a.mean < b.mean if lower_is_better else a.mean > b.mean
+    winner, loser = (name_a, name_b) if better else (name_b, name_a)
+    verdict = "beyond noise" if gap > noise else "within noise"
+    return f"{winner} beats {loser} ({numbers}; gap {gap:.{digits}f}, 2 x combined std {noise:.{digits}f}: {verdict})"
+
+
+class Grid:
+    """The runs of one or more JSON results, looked up by (method, compensation, mode, plan, ratio)."""
+
+    def __init__(self, runs: list[dict]):
+        self.values: dict[tuple, dict[str, list[float]]] = {}
+        for r in runs:
+            cell = self.values.setdefault((r["method"], r["compensation"], r["mode"], r["plan"], r["ratio"]),
+                                          {"ppl": [], "recall": []})
+            cell["ppl"].append(r["ppl"])
+            cell["recall"].append(r["recall"])
+
+    def get(self, method, compensation, mode, plan, ratio, metric) -> Stat | None:
+        cell = self.values.get((method, compensation, mode, plan, ratio))
+        return Stat.of(cell[metric]) if cell else None
+
+    def keys(self, position: int) -> list:
+        seen = []
+        for key in self.values:
+            if key[position] not in seen:
+                seen.append(key[position])
+        return seen
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
@@ -273,48 +400,67 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def findings(results: Results, args) -> list[str]:
-    """The issue's expectations, each checked against the numbers."""
-    ratios = args.ratios
+def discrimination(merged: dict, grid: Grid) -> list[str]:
+    """Issue 13's bar: random 50% pruning (no compensation, one-shot, uniform) must cost >= 30% of the
+    recall or >= 15% of the perplexity."""
+    dense = merged["dense"]
+    ppl = grid.get("random", "none", "one-shot", "uniform", 0.5, "ppl")
+    recall = grid.get("random", "none", "one-shot", "uniform", 0.5, "recall")
+    if ppl is None:
+        return ["Random 50% pruning without compensation was not run: the discrimination check is missing."]
+    recall_cost = 1 - recall.mean / dense["recall"] if dense["recall"] else float("nan")
+    ppl_cost = ppl.mean / dense["ppl"] - 1
+    passed = recall_cost >= 0.30 or ppl_cost >= 0.15
+    return [
+        f"Random channels, 50% of the FFN, no compensation (uniform, {recall.n} seeds): held-out recall "
+        f"{recall.fmt(3)} against dense {dense['recall']:.3f} (costs {recall_cost:.0%} of it), perplexity "
+        f"{ppl.fmt()} against dense {dense['ppl']:.2f} (+{ppl_cost:.0%}). The bar (>= 30% of the recall or "
+        f">= 15% of the perplexity) is **{'met' if passed else 'NOT met'}**."
+    ]
+
+
+def findings(grid: Grid) -> list[str]:
+    """Issue 13's expectations, each with its noise verdict."""
     out = []
-    kinds = ("uniform", "flap-suggested")
-    for kind in kinds:
-        for ratio in ratios:
-            flap = results.pruned[("flap", kind, ratio)]
-            others = {m.key: results.pruned[(m.key, kind, ratio)] for m in METHODS if m.key != "flap"}
-            beaten = [k for k, v in others.items() if v <= flap]
-            verdict = "holds" if not beaten else f"does NOT hold: {', '.join(beaten)} scored at or below FLAP"
-            out.append(f"FLAP below every other method, {kind} plan, {ratio:.0%}: {verdict} (FLAP {flap:.2f}).")
-    for kind in kinds:
-        for ratio in ratios:
-            with_bias = results.pruned[("flap", kind, ratio)]
-            without = results.pruned[("wifv-nobias", kind, ratio)]
-            verdict = "holds" if with_bias < without else "does NOT hold"
-            out.append(
-                f"Bias compensation helps, {kind} plan, {ratio:.0%}: {verdict} ({with_bias:.2f} with, {without:.2f} without)."
-            )
+    ratios = sorted(grid.keys(4))
+    for ratio in [r for r in ratios if r >= 0.5] or ratios[-1:]:
+        for metric, lower in (("ppl", True), ("recall", False)):
+            digits = 2 if metric == "ppl" else 3
+            what = "perplexity" if metric == "ppl" else "recall"
+            for comp in grid.keys(1):
+                flap, rand = (grid.get(m, comp, "one-shot", "uniform", ratio, metric) for m in ("wifv", "random"))
+                if flap and rand:
+                    out.append(f"FLAP selection vs random, {ratio:.0%}, {comp}, one-shot, {what}: "
+                               + compare("WIFV", flap, "random", rand, lower, digits) + ".")
+            for method in ("wifv", "random"):
+                for mode in grid.keys(2):
+                    refit, bias = (grid.get(method, c, mode, "uniform", ratio, metric) for c in ("refit", "bias"))
+                    if refit and bias:
+                        out.append(f"Refit vs bias, {ratio:.0%}, {method}, {mode}, {what}: "
+                                   + compare("refit", refit, "bias", bias, lower, digits) + ".")
+            for method in ("wifv", "random"):
+                for comp in grid.keys(1):
+                    seq, one = (grid.get(method, comp, m, "uniform", ratio, metric) for m in ("sequential", "one-shot"))
+                    if seq and one:
+                        out.append(f"Sequential vs one-shot, {ratio:.0%}, {method}, {comp}, {what}: "
+                                   + compare("sequential", seq, "one-shot", one, lower, digits) + ".")
     for ratio in ratios:
-        uniform, suggested = results.pruned[("flap", "uniform", ratio)], results.pruned[("flap", "flap-suggested", ratio)]
-        verdict = "better" if suggested < uniform else "NOT better"
-        out.append(f"FLAP-suggested widths vs uniform at {ratio:.0%} (FLAP channels): {verdict} ({suggested:.2f} vs {uniform:.2f}).")
-    if results.quant:
-        worse = [k for k, v in results.quant.items() if not v["gptq"] < v["rtn"]]
-        verdict = "holds for every model" if not worse else f"does NOT hold for {', '.join(worse)}"
-        out.append(f"GPTQ below RTN (W4 g{args.group_size}): {verdict}.")
-        stages = results.costs.stages
-        gptq = stages.get(GPTQ_STAGE)
-        flap_cost = sum(
-            stages[s].cpu_s / stages[s].runs
-            for s in ("FLAP statistics (calibration forward)", "channel scores", "prune (slice + bias)")
-            if s in stages
-        )
-        if gptq:
-            ratio = (gptq.cpu_s / gptq.runs) / flap_cost
-            verdict = "holds" if ratio < 0.5 else "does NOT hold"
-            out.append(
-                f"The INT4 step costs a small fraction of pruning: {verdict}: one GPTQ run takes {ratio:.1f}x the CPU "
-                f"time of one FLAP pruning (statistics + scores + slicing) on the same calibration batch."
-            )
+        for method in grid.keys(0):
+            for mode in grid.keys(2):
+                for metric in ("ppl", "recall"):
+                    bias, none = (grid.get(method, c, mode, "uniform", ratio, metric) for c in ("bias", "none"))
+                    if bias and none:
+                        digits = 2 if metric == "ppl" else 3
+                        change = bias.mean - none.mean
+                        helps = change < 0 if metric == "ppl" else change > 0
+                        effect = "changes nothing" if round(change, digits) == 0 else "helps" if helps else "hurts"
+                        noise = 2 * math.hypot(bias.std, none.std)
+                        out.append(
+                            f"Bias vs none, {ratio:.0%}, {method}, {mode}, {'perplexity' if metric == 'ppl' else 'recall'}: "
+                            f"the bias {effect} by {abs(change):.{digits}f} "
+                            f"({bias.fmt(digits)} with, {none.fmt(digits)} without; 2 x combined std {noise:.{digits}f}: "
+                            f"{'beyond noise' if abs(change) > noise else 'within noise'})."
+                        )
     return out
 
 
@@ -325,110 +471,206 @@ def _model_description(info: dict) -> str:
     return (
         f"`studio.bench_model` (recipe hash `{info['recipe_hash']}`): Gemma 4 text stack, {recipe['num_layers']} layers "
         f"(sliding/full attention, PLE, KV-shared tail), hidden {recipe['hidden_size']}, FFN {recipe['intermediate_size']}, "
-        f"vocabulary {recipe['vocab_size']} (BPE trained on the corpus), trained {recipe['steps']} steps x "
-        f"{recipe['batch_size']} x {recipe['seqlen']} tokens on `wikitext-2-valid.txt` ({info['corpus_tokens']} tokens) "
-        f"in {info['train_seconds']:.0f} s with {recipe['threads']} thread(s); final training loss "
+        f"vocabulary {recipe['vocab_size']} (BPE trained on `wikitext-2-valid.txt`), trained {recipe['steps']} steps x "
+        f"{recipe['batch_size']} x {recipe['seqlen']} tokens (BOS-led rows; {recipe.get('fact_rows', 0)} of each batch's rows "
+        f"from the facts text) on `wikitext-2-valid.txt` ({info['corpus_tokens']} tokens) and "
+        f"{info.get('facts', 0)} generated facts ({recipe.get('fact_entities', 0)} entities x 5 relations, 4 training "
+        f"templates each: {info.get('fact_tokens', 0)} tokens), in {info['train_seconds']:.0f} s wall with {recipe['threads']} "
+        f"thread(s) (load average {info.get('load_average_at_end', float('nan')):.1f} at the end"
+        + (f"; {info['train_cpu_seconds']:.0f} CPU s" if "train_cpu_seconds" in info else "")
+        + "); final training loss "
         f"{info['final_train_loss']:.3f}."
     )
 
 
-def render(results: Results, args, command: str) -> str:
-    ratios = args.ratios
-    info = results.info
-    forward = results.costs.stages["plain forward pass"]
+def _cell(stat: Stat | None, digits: int, seeds: int) -> str:
+    """mean +- std; the seed count too when a run cut short has fewer seeds than asked for."""
+    if stat is None:
+        return "-"
+    return stat.fmt(digits) + (f" (n={stat.n})" if stat.n != seeds else "")
+
+
+def render(merged: dict, command: str) -> str:
+    settings = merged["settings"]
+    grid = Grid(merged["runs"])
+    dense, rand_init = merged["dense"], merged["random_init"]
+    seeds = settings["seeds"]
     lines = [
-        "# Quality results: FLAP vs baselines, GPTQ vs RTN",
+        "# Quality results: channel scores x compensation x calibration, GPTQ vs RTN",
         "",
-        "Written by `benchmarks/bench_quality.py`; rerun it to refresh (the numbers below come from one run).",
+        "Written by `benchmarks/bench_quality.py`; rerun it to refresh.",
         "",
         "```",
         command,
         "```",
         "",
         f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU threads, on a shared 2-core machine (times are noisy; CPU-time ratios are steadier).",
+        f"{torch.get_num_threads()} CPU thread(s) per process, on a shared 2-core machine (load average "
+        f"{merged['load_average'][0]:.1f} at the end; times are noisy, CPU-time ratios steadier).",
         "",
-        "## The model",
+        "## Does the bench discriminate?",
         "",
-        _model_description(info),
+        *discrimination(merged, grid),
         "",
-        f"Perplexity on WikiText-2 raw test (first {args.max_tokens} tokens, windows of {args.seqlen}, stride "
-        f"{args.stride or args.seqlen}): **trained {results.dense_ppl:.2f}**, same architecture with random weights "
-        f"{results.random_init_ppl:.2f}.",
+        "## The model and the data",
         "",
-        f"Calibration (FLAP statistics and GPTQ): {results.calibration.samples} x {results.calibration.seqlen} tokens "
-        f"of `{Path(results.calibration.source).name}`, seed {results.calibration.seed}.",
+        _model_description(merged["info"]),
         "",
-        "## FFN pruning (perplexity, lower is better)",
+        f"Three texts, none seen by the others: training on `wikitext-2-valid.txt` (+ the facts); calibration on the "
+        f"first half of `wikitext-2-raw-test.txt` ({merged['calibration_tokens_available']} tokens; "
+        f"{settings['calib_samples']} x {settings['calib_seqlen']} BOS-led samples per seed); perplexity on its second "
+        f"half (first {merged['eval_tokens']} tokens, BOS-led windows of {settings['seqlen']}). Fact recall: "
+        f"{merged['recall_queries']} held-out queries (templates never in the training corpus) spread over all facts, "
+        "scored as lm-eval's greedy `acc`.",
         "",
-        f"Dense: {results.dense_ppl:.2f}. Each column prunes the same total number of FFN channels; "
-        "'uniform' prunes every layer alike, 'suggested' uses the per-layer widths FLAP's adaptive search picks from "
-        f"its WIFV scores (each layer capped at {args.max_layer_ratio:.0%}). All methods in a column get the same widths.",
+        f"Dense: **perplexity {dense['ppl']:.2f}, held-out recall {dense['recall']:.3f}** (recall on the training "
+        f"templates {dense['recall_training_templates']:.3f}); same architecture with random weights: perplexity "
+        f"{rand_init['ppl']:.2f}, recall {rand_init['recall']:.3f}.",
+        "",
+        f"Every pruned number is mean +- std over {seeds} calibration seeds (random channels: seed i also draws the "
+        "channels). Magnitude with no compensation does not depend on calibration: its std is 0.",
+    ]
+    for plan in grid.keys(3):
+        for ratio in sorted(grid.keys(4)):
+            for metric, title, digits in (("ppl", "perplexity, lower is better", 2), ("recall", "held-out fact recall, higher is better", 3)):
+                comps = [c for c in COMPENSATIONS if c in grid.keys(1)]
+                rows = []
+                for method in grid.keys(0):
+                    for mode in MODES:
+                        cells = [grid.get(method, c, mode, plan, ratio, metric) for c in comps]
+                        if any(cells):
+                            rows.append([method, mode] + [_cell(c, digits, seeds) for c in cells])
+                if rows:
+                    lines += ["", f"## {ratio:.0%} of the FFN pruned, {plan} widths: {title}", ""]
+                    lines.append(_table(["channels", "calibration"] + [f"compensation {c}" for c in comps], rows))
+    lines += ["", "Widths per layer (per seed where they differ):", ""]
+    for name, widths in merged["plans"].items():
+        unique = [list(w) for w in dict.fromkeys(tuple(w) for w in widths)]
+        lines.append(f"- {name}: {unique[0] if len(unique) == 1 else unique}")
+    if merged["quant"]:
+        lines += _render_quant(merged)
+    lines += _render_costs(merged)
+    lines += ["", "## Issue 13's expectations, checked", "",
+              "Each sentence says whether the gap exceeds twice the combined standard deviation.", ""]
+    lines += [f"- {f}" for f in findings(grid)]
+    return "\n".join(lines) + "\n"
+
+
+def _render_quant(merged: dict) -> list[str]:
+    settings = merged["settings"]
+    by_model: dict[str, dict[str, dict[str, list[float]]]] = {}
+    for row in merged["quant"]:
+        cell = by_model.setdefault(row["model"], {})
+        for arm in ("fp32", "gptq", "rtn"):
+            for metric in ("ppl", "recall"):
+                cell.setdefault(f"{arm} {metric}", []).append(row[arm][metric])
+    lines = [
+        "",
+        f"## INT4 after {settings['ratios'][0]:.0%} pruning (uniform), W4 g{settings['group_size']} symmetric",
+        "",
+        "GPTQ: GPTQModel through `studio.gptq.quantize.quantize_checkpoint` (desc_act, damp 0.01, the card's settings), "
+        "calibrated on the seed's samples, read back and dequantized into float32. RTN: the same grid, nearest level. "
+        "Both quantize o_proj and gate/up/down of every layer, as the card does. Mean +- std over the seeds "
+        "(the pruned models differ per seed; RTN is deterministic given the model).",
         "",
     ]
-    columns = [(kind, r) for r in ratios for kind in ("uniform", "flap-suggested")]
-    header = ["method"] + [f"{r:.0%} {'uniform' if k == 'uniform' else 'suggested'}" for k, r in columns]
-    rows = [[m.label] + [f"{results.pruned[(m.key, k, r)]:.2f}" for k, r in columns] for m in METHODS]
-    lines += [_table(header, rows), "", "Widths per layer:", ""]
-    lines += [f"- {kind} {ratio:.0%}: {widths}" for (kind, ratio), widths in results.plans.items()]
-    if results.quant:
-        lines += [
-            "",
-            f"## INT4 after {ratios[0]:.0%} pruning (uniform plan), W4 g{args.group_size} symmetric",
-            "",
-            "GPTQ: GPTQModel through `studio.gptq.quantize.quantize_checkpoint` (desc_act, damp 0.01, the card's settings), "
-            "read back and dequantized into float32. RTN: the same grid, nearest level. Both quantize o_proj, "
-            "gate/up/down of every layer, as the card does.",
-            "",
-        ]
-        rows = [
-            [key if key == "dense" else next(m.label for m in METHODS if m.key == key)]
-            + [f"{v['fp32']:.2f}", f"{v['gptq']:.2f}", f"{v['rtn']:.2f}"]
-            for key, v in results.quant.items()
-        ]
-        lines.append(_table(["model", "float32", "GPTQ W4", "RTN W4"], rows))
-        if results.gptq_kernel_ppl:
-            checks = ", ".join(f"{k} {v:.2f}" for k, v in results.gptq_kernel_ppl.items())
-            lines += ["", f"Cross-check, GPTQ checkpoints through GPTQModel's torch kernel in float16: {checks}."]
-    lines += [
+    rows, sentences = [], []
+    for model, cell in by_model.items():
+        stats = {k: Stat.of(v) for k, v in cell.items()}
+        rows.append([model] + [stats[f"{arm} {m}"].fmt(2 if m == "ppl" else 3)
+                               for m in ("ppl", "recall") for arm in ("fp32", "gptq", "rtn")])
+        sentences.append(f"- {model}, perplexity: " + compare("GPTQ", stats["gptq ppl"], "RTN", stats["rtn ppl"], True) + ".")
+        sentences.append(f"- {model}, recall: "
+                         + compare("GPTQ", stats["gptq recall"], "RTN", stats["rtn recall"], False, 3) + ".")
+    header = ["model (channels/compensation/calibration)", "ppl float32", "ppl GPTQ", "ppl RTN",
+              "recall float32", "recall GPTQ", "recall RTN"]
+    return lines + [_table(header, rows), ""] + sentences
+
+
+def _render_costs(merged: dict) -> list[str]:
+    costs = {name: StageCost(**c) for name, c in merged["costs"].items()}
+    forward = costs[FORWARD_STAGE]
+    lines = [
         "",
         "## Stage costs",
         "",
-        f"Ratios to one plain forward pass of the dense model over the calibration batch "
-        f"({forward.cpu_s:.2f} CPU s, {forward.wall_s:.2f} s wall, {forward.peak_rss_delta / 2**20:.0f} MiB peak RSS "
-        "above its start). Per run; peak memory is this process's resident set above the stage's start (sampled every 5 ms).",
+        f"Ratios to one plain forward pass of the dense model over one calibration batch "
+        f"({merged['settings']['calib_samples']} x {merged['settings']['calib_seqlen']} tokens: {forward.cpu_s:.2f} CPU s, "
+        f"{forward.wall_s:.2f} s wall, {forward.peak_rss_delta / 2**20:.0f} MiB peak RSS above its start), measured in "
+        "the same process. Per run; a prune stage includes copying the dense model; the refit and sequential stages "
+        "include their own pass over the calibration data (the refit's extra cost over slicing is the difference of "
+        "their rows). Peak memory is this process's resident set above the stage's start (sampled every 5 ms).",
         "",
     ]
     rows = []
-    for stage in results.costs.stages.values():
+    for stage in costs.values():
         cpu, wall = stage.cpu_s / stage.runs, stage.wall_s / stage.runs
         mem = stage.peak_rss_delta / max(forward.peak_rss_delta, 1)
         rows.append([stage.name, str(stage.runs), f"{cpu:.2f}", f"{cpu / forward.cpu_s:.2f}",
                      f"{wall / forward.wall_s:.2f}", f"{stage.peak_rss_delta / 2**20:.0f}", f"{mem:.2f}"])
     lines.append(_table(["stage", "runs", "CPU s/run", "CPU ratio", "wall ratio", "peak MiB", "memory ratio"], rows))
-    lines += ["", "## Expectations from issue 7, checked", ""]
-    lines += [f"- {f}" for f in findings(results, args)]
-    return "\n".join(lines) + "\n"
+    return lines
+
+
+def merge(results: list[dict]) -> dict:
+    """One result from several runs of the same model and settings (e.g. one process per ratio).
+
+    Runs, quantization rows and plans are pooled; dense numbers and stage costs come from the first
+    (each process measures its own forward pass, so ratios stay within one process).
+    """
+    first = dict(results[0])
+    first["runs"] = [r for res in results for r in res["runs"]]
+    first["quant"] = [q for res in results for q in res["quant"]]
+    first["plans"] = {k: v for res in results for k, v in res["plans"].items()}
+    first["settings"] = {**first["settings"], "ratios": [r for res in results for r in res["settings"]["ratios"]]}
+    first["load_average"] = max((res["load_average"] for res in results), key=lambda load: load[0])
+    return first
+
+
+def write_report(report: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Hand-written notes below the marker survive a rerun.
+    previous = out.read_text() if out.is_file() else ""
+    if NOTES_MARKER in previous:
+        report += "\n" + previous[previous.index(NOTES_MARKER) :]
+    out.write_text(report)
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, help="model folder (default: the cached bench model, trained if missing)")
-    parser.add_argument("--text", default=str(DEFAULT_TEST_TEXT), help="evaluation text (file or hf:...)")
-    parser.add_argument("--calibration", default=str(DEFAULT_TOKENIZER_CORPUS), help="calibration text file")
-    parser.add_argument("--seqlen", type=int, default=128, help="evaluation window (default: 128, the FLAP table's)")
-    parser.add_argument("--stride", type=int, help="evaluation stride (default: seqlen)")
-    parser.add_argument("--max-tokens", type=int, default=32768, help="evaluation token budget (default: 32768)")
+    parser.add_argument("--text", type=Path, default=OFFLINE_EVALUATION_TEXT,
+                        help="text cut in two: calibration half, evaluation half (default: WikiText-2 raw test)")
+    parser.add_argument("--seqlen", type=int, default=128, help="evaluation window (default: 128)")
+    parser.add_argument("--max-tokens", type=int, default=8192, help="evaluation token budget (default: 8192)")
+    parser.add_argument("--recall-queries", type=int, default=500,
+                        help="held-out recall queries, spread over all facts (0: all; default: 500)")
     parser.add_argument("--batch-size", type=int, default=16, help="evaluation windows per batch")
     parser.add_argument("--calib-samples", type=int, default=64, help="calibration sequences (default: 64)")
     parser.add_argument("--calib-seqlen", type=int, default=128, help="calibration sequence length (default: 128)")
     parser.add_argument("--calib-batch-size", type=int, default=16, help="calibration forward batch (default: 16)")
+    parser.add_argument("--seeds", type=int, default=3, help="calibration (and random-channel) seeds (default: 3)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5], help="FFN pruning ratios")
+    parser.add_argument("--methods", nargs="+", choices=all_methods(), help="channel scores (default: all)")
+    parser.add_argument("--compensations", nargs="+", choices=COMPENSATIONS, default=list(COMPENSATIONS))
+    parser.add_argument("--full", action="store_true",
+                        help="the whole grid: sequential for every score, and FLAP-suggested widths")
     parser.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer cap of suggested plans")
     parser.add_argument("--group-size", type=int, default=128, help="INT4 group size, GPTQ and RTN (default: 128)")
+    parser.add_argument("--quant-models", nargs="+", default=["wifv/bias/one-shot", "wifv/refit/one-shot"],
+                        help="pruned models (channels/compensation/calibration) of the first ratio to quantize")
     parser.add_argument("--no-quant", action="store_true", help="skip the GPTQ/RTN comparison")
+    parser.add_argument("--json", type=Path, help="also write the raw results here")
+    parser.add_argument("--merge", type=Path, nargs="+", help="render these JSON results instead of running")
+    parser.add_argument("--command", help="the command line to print in the report (with --merge)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md", help="report file")
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = merge([json.loads(p.read_text()) for p in args.merge])
+        write_report(render(merged, args.command or "python benchmarks/bench_quality.py"), args.out)
+        return 0
+    if args.seeds < 1:
+        parser.error("--seeds: must be at least 1")
     if MMAP_THRESHOLD_ENV not in os.environ:
         # glibc serves big allocations from a heap that grows its mmap threshold as tensors are
         # freed, so freed memory stays resident and later stages show no growth. A fixed threshold
@@ -438,14 +680,11 @@ def main(argv=None) -> int:
     torch.set_num_threads(int(os.environ.get("BENCH_THREADS", "1")))
     command = "python benchmarks/bench_quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     results = run(args)
-    report = render(results, args, command.strip())
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    report = render(results, command.strip())
     print(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    # Hand-written notes below the marker survive a rerun.
-    previous = args.out.read_text() if args.out.is_file() else ""
-    if NOTES_MARKER in previous:
-        report += "\n" + previous[previous.index(NOTES_MARKER) :]
-    args.out.write_text(report)
+    write_report(report, args.out)
     return 0
 
 

@@ -1,4 +1,4 @@
-"""The bench-model trainer: deterministic weights, a cache keyed by the recipe."""
+"""The bench-model trainer: deterministic weights, a cache keyed by recipe, corpus, facts and tokenizer."""
 
 from __future__ import annotations
 
@@ -9,11 +9,22 @@ import pytest
 from safetensors.torch import load_file
 
 from studio import bench_model
-from studio.bench_model import BenchRecipe, ensure_bench_model, recipe_hash, train_bench_model
-from tests.conftest import CALIBRATION_TEXT
+from studio.bench_model import (
+    HELD_OUT_QUERIES,
+    TRAINING_QUERIES,
+    BenchRecipe,
+    bench_texts,
+    build_tokenizer,
+    ensure_bench_model,
+    fact_set,
+    recipe_hash,
+    train_bench_model,
+)
+from studio.eval.facts import read_queries
+from tests.conftest import CALIBRATION_TEXT, TEST_TEXT
 
 TINY = BenchRecipe(num_layers=2, hidden_size=128, intermediate_size=128, vocab_size=512, seqlen=32,
-                   batch_size=2, steps=10, warmup_steps=2, threads=1)
+                   batch_size=2, steps=10, warmup_steps=2, threads=1, fact_entities=10, fact_rows=1)
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +62,39 @@ def test_saved_folder_records_the_recipe_and_loads(corpus, tmp_path):
     model = load_model(out)
     assert model.config.text_config.intermediate_size == 128
     assert len(AutoTokenizer.from_pretrained(out)) == 512
+    # The recall sets the benchmark and the lm-eval task read: held-out and training templates of the trained facts.
+    facts = fact_set(TINY)
+    assert read_queries(out / HELD_OUT_QUERIES) == facts.queries(held_out=True)
+    assert read_queries(out / TRAINING_QUERIES) == facts.queries(held_out=False)
+    assert info["facts"] == 10 * 5 and info["fact_tokens"] > 0
 
 
-def test_recipe_hash_changes_with_recipe_and_corpus(corpus, tmp_path):
+def test_recipe_hash_changes_with_recipe_corpus_facts_and_tokenizer(corpus, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text(corpus.read_text(encoding="utf-8") + " more", encoding="utf-8")
-    hashes = {recipe_hash(TINY, corpus), recipe_hash(replace(TINY, steps=11), corpus), recipe_hash(TINY, other)}
-    assert len(hashes) == 3
+    # Another tokenizer for the same recipe and corpus (say a changed BPE trainer): a vocabulary of 600.
+    other_tokenizer = build_tokenizer(corpus, 600)
+    hashes = {
+        recipe_hash(TINY, corpus),
+        recipe_hash(replace(TINY, steps=11), corpus),
+        recipe_hash(TINY, other),
+        recipe_hash(replace(TINY, fact_entities=11), corpus),
+        recipe_hash(TINY, corpus, other_tokenizer),
+    }
+    assert len(hashes) == 5
+    # The key of the tokenizer the trainer builds is the default one.
+    assert recipe_hash(TINY, corpus, build_tokenizer(corpus, TINY.vocab_size)) == recipe_hash(TINY, corpus)
+
+
+def test_bench_texts_are_two_disjoint_halves_of_the_test_text():
+    calibration, evaluation = bench_texts(TEST_TEXT)
+    full = TEST_TEXT.read_text(encoding="utf-8")
+    assert full == calibration + "\n\n" + evaluation
+    assert abs(len(calibration) - len(evaluation)) < 0.01 * len(full)
+    # Neither half is in the training corpus: no paragraph of either appears in it.
+    training = CALIBRATION_TEXT.read_text(encoding="utf-8")
+    paragraphs = [p for p in evaluation.split("\n\n")[:50] + calibration.split("\n\n")[:50] if len(p) > 200]
+    assert paragraphs and not any(p in training for p in paragraphs)
 
 
 def test_cached_model_is_reused(corpus, tmp_path, monkeypatch):
@@ -79,6 +116,8 @@ def test_bad_recipe_is_rejected_naming_the_field(corpus, tmp_path):
         train_bench_model(tmp_path / "x", replace(TINY, hidden_size=192), corpus, log=None)
     with pytest.raises(ValueError, match="warmup_steps"):
         train_bench_model(tmp_path / "x", replace(TINY, warmup_steps=11), corpus, log=None)
+    with pytest.raises(ValueError, match="fact_rows: must be between 0 and batch_size"):
+        train_bench_model(tmp_path / "x", replace(TINY, fact_rows=3), corpus, log=None)
 
 
 def test_default_recipe_is_valid_and_prunes_to_whole_gptq_groups():
