@@ -33,6 +33,7 @@ import copy
 import json
 import math
 import os
+import random
 import shlex
 import statistics
 import sys
@@ -199,10 +200,12 @@ def _random_init_model(model_dir: Path, seed: int):
 
 
 def _evenly(items: list, count: int) -> list:
-    """`count` items spread evenly over `items` (all of them when count is 0 or larger)."""
+    """`count` of `items` drawn without replacement by a fixed seed, in file order (all of them when
+    count is 0 or larger). Not every k-th item: the files cycle through relations and templates, so a
+    stride would pick one template only."""
     if not count or count >= len(items):
         return list(items)
-    return [items[i * len(items) // count] for i in range(count)]
+    return [items[i] for i in sorted(random.Random(0).sample(range(len(items)), count))]
 
 
 def run(args) -> dict:
