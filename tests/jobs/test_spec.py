@@ -55,7 +55,7 @@ def test_relative_paths_resolve_against_the_spec_folder(tmp_path, demo_model_dir
         ({"plan": "gemma4-lite-round2"}, "plan: num_layers: the preset is for 42 layers, the model has 8"),
         ({"output": "../escape"}, "output: must be a folder name"),
         ({"dtype": "int8"}, "dtype: must be one of bfloat16, float16, float32, got 'int8'"),
-        ({"flap": {"metric": "magnitude"}}, "flap.metric: must be one of wifv, wifn, ifv, got 'magnitude'"),
+        ({"flap": {"metric": "magnitude"}}, "flap.metric: must be one of wifv, wifn, ifv, obs, got 'magnitude'"),
         ({"evaluate": {"seqlen": 1}}, "evaluate.seqlen: must be an integer of at least 2, got 1"),
         ({"model": "not a model"}, "model: 'not a model' is neither an existing folder nor a hub id"),
         ({"modle": "x"}, "modle: unknown field"),
