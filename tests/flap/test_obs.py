@@ -22,6 +22,7 @@ from studio.flap.scores import channel_scores, model_scores
 from studio.flap.settings import FlapSettings
 from studio.flap.stats import collect_statistics
 from studio.modeling import decoder_layers, load_model
+from tests.flap.layer_inputs import mlp_inputs
 
 SAMPLES, SEQLEN = 8, 64
 
@@ -31,20 +32,6 @@ def _calibration_ids(model_dir, calibration_text, seed=1):
 
     spec = CalibrationSpec(source=str(calibration_text), samples=SAMPLES, seqlen=SEQLEN, seed=seed)
     return build_calibration_ids(AutoTokenizer.from_pretrained(model_dir), spec)
-
-
-def _mlp_inputs(model, ids) -> list[torch.Tensor]:
-    """Every layer's MLP input on one plain forward of the full model."""
-    captured = {}
-    hooks = [
-        layer.mlp.register_forward_pre_hook(lambda _m, args, i=i: captured.__setitem__(i, args[0].detach().clone()))
-        for i, layer in enumerate(decoder_layers(model))
-    ]
-    with torch.no_grad():
-        model(input_ids=ids)
-    for hook in hooks:
-        hook.remove()
-    return [captured[i] for i in range(len(captured))]
 
 
 def _pruned(model, ids, widths, scores=None, **settings):
@@ -138,7 +125,7 @@ def test_obs_choice_and_refit_are_exact_when_the_pruned_channels_are_scaled_copi
             layer.mlp.up_proj.weight[half:] = magnitude * sign * layer.mlp.up_proj.weight[:half]
     ids = _calibration_ids(demo_model_dir, calibration_text)
     width = decoder_layers(model)[0].mlp.down_proj.in_features
-    inputs = _mlp_inputs(model, ids)
+    inputs = mlp_inputs(model, ids)
     pruned, calibrated = _pruned(model, ids, [width // 2] * len(inputs), metric="obs", compensation="refit", refit_damp=1e-10)
     for result in calibrated.results:
         assert result.kept_channels.tolist() == list(range(width // 2)), result.layer
@@ -153,7 +140,7 @@ def test_obs_refit_fits_every_demo_layer_better_than_wifv_refit_and_random_refit
     model = load_model(demo_model_dir, dtype=torch.float64)
     ids = _calibration_ids(demo_model_dir, calibration_text)
     widths = [layer.mlp.down_proj.in_features // 2 for layer in decoder_layers(model)]
-    inputs = _mlp_inputs(model, ids)
+    inputs = mlp_inputs(model, ids)
     wifv = model_scores(model, collect_statistics(model, ids, batch_size=4))
     errors = {
         "obs": _output_errors(model, _pruned(model, ids, widths, metric="obs", compensation="refit")[0], inputs),

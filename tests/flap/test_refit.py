@@ -17,6 +17,7 @@ from studio.flap.scores import model_scores
 from studio.flap.settings import FlapSettings
 from studio.flap.stats import collect_statistics
 from studio.modeling import decoder_layers, load_model
+from tests.flap.layer_inputs import mlp_inputs
 
 SAMPLES, SEQLEN = 8, 64
 # A second hidden size / FFN width combination, FFN wider relative to hidden than the demo's.
@@ -35,20 +36,6 @@ def _calibration_ids(model_dir, calibration_text):
     return build_calibration_ids(AutoTokenizer.from_pretrained(model_dir), spec)
 
 
-def _mlp_inputs(model, ids) -> list[torch.Tensor]:
-    """Every layer's MLP input on one plain forward of the full model (hooks, no layer walk)."""
-    captured = {}
-    hooks = [
-        layer.mlp.register_forward_pre_hook(lambda _m, args, i=i: captured.__setitem__(i, args[0].detach().clone()))
-        for i, layer in enumerate(decoder_layers(model))
-    ]
-    with torch.no_grad():
-        model(input_ids=ids)
-    for hook in hooks:
-        hook.remove()
-    return [captured[i] for i in range(len(captured))]
-
-
 def _pruned(model, ids, widths, scores, compensation, **settings):
     pruned = copy.deepcopy(model)
     prune_while_calibrating(pruned, ids, widths, FlapSettings(compensation=compensation, batch_size=4, **settings), scores=scores)
@@ -62,7 +49,7 @@ def test_output_error_refit_le_bias_le_none_in_every_layer(which, demo_model_dir
     ids = _calibration_ids(model_dir, calibration_text)
     widths = [layer.mlp.down_proj.in_features // 2 for layer in decoder_layers(model)]
     scores = model_scores(model, collect_statistics(model, ids, batch_size=4))
-    inputs = _mlp_inputs(model, ids)
+    inputs = mlp_inputs(model, ids)
     errors = {}
     with torch.no_grad():
         full = [layer.mlp(x) for layer, x in zip(decoder_layers(model), inputs)]
@@ -92,7 +79,7 @@ def test_refit_reproduces_a_layer_whose_pruned_channels_are_scaled_copies_of_kep
     ids = _calibration_ids(demo_model_dir, calibration_text)
     width = decoder_layers(model)[0].mlp.down_proj.in_features
     keep_first_half = [torch.cat([torch.ones(width // 2), torch.zeros(width // 2)]).double()] * len(decoder_layers(model))
-    inputs = _mlp_inputs(model, ids)
+    inputs = mlp_inputs(model, ids)
     pruned = _pruned(model, ids, [width // 2] * len(inputs), keep_first_half, "refit", refit_damp=0.0)
     biased = _pruned(model, ids, [width // 2] * len(inputs), keep_first_half, "bias")
     with torch.no_grad():
