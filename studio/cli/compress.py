@@ -113,6 +113,7 @@ class ProgressLines:
 def run(args) -> int:
     import json
 
+    from studio.checkpoint import PRUNE_SUMMARY_FILE
     from studio.jobs.client import run_in_process
     from studio.jobs.stages import stage_dir
     from studio.jobs.store import JobStore
@@ -130,7 +131,7 @@ def run(args) -> int:
             exports=out.parent, on_stage=lines.stage, on_progress=lines.progress,
         )  # fmt: skip
         prune_dir = stage_dir(JobStore(jobs_dir(work)).job_dir(job_id), "prune") / "model"
-        summary = json.loads((prune_dir / "prune_summary.json").read_text())
+        summary = json.loads((prune_dir / PRUNE_SUMMARY_FILE).read_text())
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
