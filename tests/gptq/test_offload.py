@@ -10,22 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from studio.gptq.quantize import QuantizeSettings, quantize_checkpoint, read_quant_log
-from tests.gptq.test_quantize import SAMPLES, SEQLEN, WIDTHS, prune_by_hand
-
-
-@pytest.fixture(scope="module")
-def pruned_dir(demo_model_dir, tmp_path_factory) -> Path:
-    return prune_by_hand(demo_model_dir, tmp_path_factory.mktemp("pruned") / "model", WIDTHS)
-
-
-@pytest.fixture(scope="module")
-def calibration_ids(pruned_dir, calibration_text):
-    from transformers import AutoTokenizer
-
-    from studio.calibration import CalibrationSpec, build_calibration_ids
-
-    tokenizer = AutoTokenizer.from_pretrained(pruned_dir)
-    return build_calibration_ids(tokenizer, CalibrationSpec(source=str(calibration_text), samples=SAMPLES, seqlen=SEQLEN))
+from tests.gptq.conftest import WIDTHS
 
 
 def tensors(folder: Path) -> dict[str, torch.Tensor]:
