@@ -17,8 +17,9 @@ seed i draws the calibration samples with seed i and, for random channels, the c
 
 The default run is a subset that fits a shared 2-core machine: uniform plans, every score and
 compensation one-shot, sequential for WIFV and random. `--full` runs the rest (sequential for every
-score, FLAP-suggested widths). Results go to a JSON file (`--json`); `--merge A.json B.json ...`
-renders several runs (say one per ratio, run side by side) into one report.
+score, FLAP-suggested widths); `--plans`, `--modes` and `--sequential-methods` pick any part of it.
+Results go to a JSON file (`--json`); `--merge A.json B.json ...` renders several runs (say one per
+ratio, or one per part of the grid, run side by side) into one report.
 
     python benchmarks/bench_quality.py                      # the subset in docs/results.md
     python benchmarks/bench_quality.py --ratios 0.5 --methods random --compensations none --no-quant \\
@@ -69,6 +70,7 @@ FORWARD_STAGE = "plain forward pass"
 NOTES_MARKER = "<!-- notes below are written by hand and kept by bench_quality.py -->"
 BASELINE_SCORES = ("magnitude", "random")
 MODES = ("one-shot", "sequential")
+PLANS = ("uniform", "flap-suggested")
 # The subset's sequential runs: FLAP's default score and the floor.
 DEFAULT_SEQUENTIAL = ("wifv", "random")
 
@@ -254,8 +256,9 @@ def run(args) -> dict:
     _log(f"dense {out['dense']}, random init {out['random_init']}")
 
     methods = args.methods or all_methods()
-    sequential = methods if args.full else [m for m in methods if m in DEFAULT_SEQUENTIAL]
-    kinds = ("uniform", "flap-suggested") if args.full else ("uniform",)
+    sequential = methods if args.full else [m for m in methods if m in args.sequential_methods]
+    kinds = PLANS if args.full else args.plans
+    modes = MODES if args.full else args.modes
     quant_models = {}
     for seed in range(args.seeds):
         calib_ids = calibration(seed)
@@ -275,7 +278,7 @@ def run(args) -> dict:
                     widths = suggested_plan(wifv, text_config, ratio, max_ratio=args.max_layer_ratio).widths
                 out["plans"].setdefault(f"{kind} {ratio:g}", []).append(widths)
                 for method in methods:
-                    for mode in MODES:
+                    for mode in modes:
                         if mode == "sequential" and method not in sequential:
                             continue
                         for compensation in args.compensations:
@@ -618,14 +621,19 @@ def _render_costs(merged: dict) -> list[str]:
 def merge(results: list[dict]) -> dict:
     """One result from several runs of the same model and settings (e.g. one process per ratio).
 
-    Runs, quantization rows and plans are pooled; dense numbers and stage costs come from the first
-    (each process measures its own forward pass, so ratios stay within one process).
+    Runs, quantization rows and plans are pooled; a run present in several (same cell and seed) is
+    kept once, from the first. Dense numbers and stage costs come from the first (each process
+    measures its own forward pass, so ratios stay within one process).
     """
     first = dict(results[0])
-    first["runs"] = [r for res in results for r in res["runs"]]
+    runs = {}
+    for run in (r for res in results for r in res["runs"]):
+        runs.setdefault(tuple(run[k] for k in ("method", "compensation", "mode", "plan", "ratio", "seed")), run)
+    first["runs"] = list(runs.values())
     first["quant"] = [q for res in results for q in res["quant"]]
     first["plans"] = {k: v for res in results for k, v in res["plans"].items()}
-    first["settings"] = {**first["settings"], "ratios": [r for res in results for r in res["settings"]["ratios"]]}
+    ratios = [r for res in results for r in res["settings"]["ratios"]]
+    first["settings"] = {**first["settings"], "ratios": list(dict.fromkeys(ratios))}
     first["load_average"] = max((res["load_average"] for res in results), key=lambda load: load[0])
     return first
 
@@ -658,6 +666,11 @@ def main(argv=None) -> int:
     parser.add_argument("--compensations", nargs="+", choices=COMPENSATIONS, default=list(COMPENSATIONS))
     parser.add_argument("--full", action="store_true",
                         help="the whole grid: sequential for every score, and FLAP-suggested widths")
+    parser.add_argument("--plans", nargs="+", choices=PLANS, default=["uniform"],
+                        help="width plans (default: uniform; FLAP-suggested widths come from the WIFV scores)")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="calibration modes")
+    parser.add_argument("--sequential-methods", nargs="+", choices=all_methods(), default=list(DEFAULT_SEQUENTIAL),
+                        help="channel scores also run sequentially (default: wifv random)")
     parser.add_argument("--max-layer-ratio", type=float, default=0.8, help="per-layer cap of suggested plans")
     parser.add_argument("--group-size", type=int, default=128, help="INT4 group size, GPTQ and RTN (default: 128)")
     parser.add_argument("--quant-models", nargs="+", default=["wifv/bias/one-shot", "wifv/refit/one-shot"],
