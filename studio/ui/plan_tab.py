@@ -1,7 +1,7 @@
 """Pruning plan tab: the per-layer table, presets, suggestions from scores and the size estimate.
 
-The plan's FLAP choices (how the removed channels are compensated, one-shot or sequential
-calibration) are set here too; a job submitted from the plan (Jobs tab) uses them.
+The plan's FLAP choices (the channel score, how the removed channels are compensated, one-shot or
+sequential calibration) are set here too; a job submitted from the plan (Jobs tab) uses them.
 
 Handlers never raise into the page: a bad input comes back as a warning in the message beside the
 control, and the table and the plan stay as they were. Outputs an API caller sees always hold a
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from studio.flap.settings import COMPENSATIONS, FlapSettings
+from studio.flap.settings import COMPENSATIONS, METRICS, FlapSettings
 from studio.jobs.results import job_outputs
 from studio.jobs.client import job_store
 from studio.gptq.quantize import QuantizeSettings
@@ -315,16 +315,20 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
 
 
 def flap_controls() -> dict:
-    """The plan's compensation and calibration choices (`flap.compensation`, `flap.sequential` of the
-    job it becomes), defaulting to the spec's: bias, one-shot."""
+    """The plan's FLAP choices (`flap.metric`, `flap.compensation`, `flap.sequential` of the job it
+    becomes), defaulting to the spec's: WIFV channels, bias, one-shot."""
     with gr.Row():
+        metric = gr.Dropdown(
+            list(METRICS), value=FlapSettings.metric, label="channel score", elem_id="plan-metric",
+            info="wifv: FLAP's fluctuation (the card's); ifv, wifn: its variants; obs: greedy least-squares cost (docs/obs.md)",
+        )
         compensation = gr.Dropdown(
             list(COMPENSATIONS), value=FlapSettings.compensation, label="compensation of the removed channels", elem_id="plan-compensation",
             info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
         )
         sequential = gr.Checkbox(FlapSettings.sequential, label="sequential calibration (each layer on the pruned layers before it)",
                                  elem_id="plan-sequential")
-    return {"compensation": compensation, "sequential": sequential}
+    return {"metric": metric, "compensation": compensation, "sequential": sequential}
 
 
 def create_ui(ctx: StudioContext, shared: Shared) -> PlanTab:

@@ -1,5 +1,5 @@
 """The plan tab holds the plan's FLAP choices: a job submitted from the plan (the Jobs tab's submit_job
-endpoint) takes its compensation and sequential calibration from the plan tab's controls."""
+endpoint) takes its channel score, compensation and sequential calibration from the plan tab's controls."""
 
 from __future__ import annotations
 
@@ -18,17 +18,18 @@ def test_a_job_submitted_from_the_plan_uses_the_plans_compensation_and_calibrati
     page = build_app(ctx)
     submit = next(block for block in page.fns.values() if block.api_name == "submit_job")
     ids = [component.elem_id for component in submit.inputs]
-    assert ids[-2:] == ["plan-compensation", "plan-sequential"]  # the plan tab's controls, not a copy
-    plan_controls = [component for component in page.blocks.values()
-                     if getattr(component, "elem_id", None) in ("plan-compensation", "plan-sequential")]
-    assert [(c.elem_id, c.value) for c in plan_controls] == [("plan-compensation", "bias"), ("plan-sequential", False)]
+    controls = ["plan-compensation", "plan-sequential", "plan-metric"]
+    assert ids[-3:] == controls  # the plan tab's controls, not a copy
+    plan_controls = {component.elem_id: component.value for component in page.blocks.values()
+                     if getattr(component, "elem_id", None) in controls}
+    assert plan_controls == {"plan-metric": "wifv", "plan-compensation": "bias", "plan-sequential": False}
 
     model_state, summary = load_model(DEMO_MODEL, ctx)
     assert isinstance(model_state, dict), summary
     _table, plan_state, _message = default_plan(model_state, ctx)
-    for compensation, sequential in (("refit", True), ("none", False)):
+    for metric, compensation, sequential in (("obs", "refit", True), ("ifv", "none", False)):
         job_id, message = submit.fn("flap-choice", False, False, model_state, plan_state, str(OFFLINE_CALIBRATION_TEXT),
-                                    4, 64, 0, compensation, sequential)
+                                    4, 64, 0, compensation, sequential, metric)
         assert job_id, message
         flap = job_store(ctx.home).spec(job_id).flap
-        assert (flap.compensation, flap.sequential) == (compensation, sequential)
+        assert (flap.metric, flap.compensation, flap.sequential) == (metric, compensation, sequential)
