@@ -470,6 +470,62 @@ def findings(grid: Grid) -> list[str]:
     return out
 
 
+# The card's recipe: FLAP's WIFV channels, bias compensation, one-shot statistics, the plan's widths
+# (uniform here, so every ratio has one).
+CARD_CELL = ("wifv", "bias", "one-shot", "uniform")
+METRIC_NAMES = {"ppl": ("perplexity", True, 2), "recall": ("recall", False, 3)}  # name, lower is better, digits
+
+
+def against_card(grid: Grid) -> list[str]:
+    """The cells that beat the card's recipe at the same ratio (the same FFN size): better beyond noise
+    on one metric and not worse beyond noise on the other, best recall first."""
+    out = []
+    for ratio in sorted(grid.keys(4)):
+        card = {m: grid.get(*CARD_CELL, ratio, m) for m in METRIC_NAMES}
+        if not all(card.values()):
+            continue
+        out.append(f"At {ratio:.0%}, the card's recipe (WIFV, bias, one-shot, uniform): perplexity "
+                   f"{card['ppl'].fmt()}, recall {card['recall'].fmt(3)}.")
+        wins = []
+        for key in grid.values:
+            if key[4] != ratio or key[:4] == CARD_CELL:
+                continue
+            cell = {m: grid.get(*key, m) for m in METRIC_NAMES}
+            if min(stat.n for stat in cell.values()) < 2:
+                continue  # one seed: no noise to compare against
+            parts, better, worse = [], False, False
+            for m, (name, lower, digits) in METRIC_NAMES.items():
+                gain = (card[m].mean - cell[m].mean) if lower else (cell[m].mean - card[m].mean)
+                noise = 2 * math.hypot(card[m].std, cell[m].std)
+                better |= gain > noise
+                worse |= -gain > noise
+                parts.append(f"{name} {cell[m].fmt(digits)} ({'better' if gain >= 0 else 'worse'} by "
+                             f"{abs(gain):.{digits}f}, 2 x combined std {noise:.{digits}f}: "
+                             f"{'beyond noise' if abs(gain) > noise else 'within noise'})")
+            if better and not worse:
+                wins.append((cell["recall"].mean, f"  - {'/'.join(key[:4])}: " + "; ".join(parts) + "."))
+        if wins:
+            out += [line for _, line in sorted(wins, reverse=True)]
+        else:
+            out.append("  - nothing in the grid beats it beyond noise without losing beyond noise on the other metric.")
+    return out
+
+
+def plan_findings(grid: Grid) -> list[str]:
+    """FLAP-suggested widths (per-layer ratios from the WIFV scores) against uniform ones, one-shot."""
+    out = []
+    for ratio in sorted(grid.keys(4)):
+        for metric, (what, lower, digits) in METRIC_NAMES.items():
+            for method in grid.keys(0):
+                for comp in grid.keys(1):
+                    suggested, uniform = (grid.get(method, comp, "one-shot", plan, ratio, metric)
+                                          for plan in ("flap-suggested", "uniform"))
+                    if suggested and uniform:
+                        out.append(f"FLAP-suggested vs uniform widths, {ratio:.0%}, {method}, {comp}, {what}: "
+                                   + compare("suggested", suggested, "uniform", uniform, lower, digits) + ".")
+    return out
+
+
 def _model_description(info: dict) -> str:
     if "recipe" not in info:
         return f"`{info['model_dir']}` (not a bench model: no {RECIPE_FILE})."
@@ -556,6 +612,13 @@ def render(merged: dict, command: str) -> str:
     if merged["quant"]:
         lines += _render_quant(merged)
     lines += _render_costs(merged)
+    lines += ["", "## Against the card's recipe at the same size", "",
+              "Every cell of the grid (channels/compensation/calibration/widths) that beats the card's recipe at the same "
+              "FFN ratio on one metric beyond twice the combined standard deviation, and loses on neither beyond it.", ""]
+    lines += [f"- {f}" if not f.startswith("  ") else f for f in against_card(grid)]
+    suggested = plan_findings(grid)
+    if suggested:
+        lines += ["", "## FLAP-suggested against uniform widths", ""] + [f"- {f}" for f in suggested]
     lines += ["", "## Issue 13's expectations, checked", "",
               "Each sentence says whether the gap exceeds twice the combined standard deviation.", ""]
     lines += [f"- {f}" for f in findings(grid)]
@@ -572,7 +635,8 @@ def _render_quant(merged: dict) -> list[str]:
                 cell.setdefault(f"{arm} {metric}", []).append(row[arm][metric])
     lines = [
         "",
-        f"## INT4 after {settings['ratios'][0]:.0%} pruning (uniform), W4 g{settings['group_size']} symmetric",
+        f"## INT4 after {merged.get('quant_ratio', settings['ratios'][0]):.0%} pruning (uniform), "
+        f"W4 g{settings['group_size']} symmetric",
         "",
         "GPTQ: GPTQModel through `studio.gptq.quantize.quantize_checkpoint` (desc_act, damp 0.01, the card's settings), "
         "calibrated on the seed's samples, read back and dequantized into float32. RTN: the same grid, nearest level. "
@@ -631,6 +695,9 @@ def merge(results: list[dict]) -> dict:
         runs.setdefault(tuple(run[k] for k in ("method", "compensation", "mode", "plan", "ratio", "seed")), run)
     first["runs"] = list(runs.values())
     first["quant"] = [q for res in results for q in res["quant"]]
+    # Quantized models come from the first ratio of the run that made them.
+    first["quant_ratio"] = next((res["settings"]["ratios"][0] for res in results if res["quant"]),
+                                first["settings"]["ratios"][0])
     first["plans"] = {k: v for res in results for k, v in res["plans"].items()}
     ratios = [r for res in results for r in res["settings"]["ratios"]]
     first["settings"] = {**first["settings"], "ratios": list(dict.fromkeys(ratios))}
