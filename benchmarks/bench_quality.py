@@ -210,6 +210,15 @@ def _evenly(items: list, count: int) -> list:
     return [items[i] for i in sorted(random.Random(0).sample(range(len(items)), count))]
 
 
+def _facts_text(info: dict) -> str:
+    """The facts' training text of the bench model `info` describes (its recipe regenerates it)."""
+    from studio.eval.facts import FactSet
+
+    if "recipe" not in info:
+        raise SystemExit("--calib-facts: needs a bench model (its recipe regenerates the facts text)")
+    return FactSet(entities=info["recipe"]["fact_entities"], seed=info["recipe"]["seed"]).training_text()
+
+
 def run(args) -> dict:
     from transformers import AutoTokenizer
 
@@ -239,8 +248,19 @@ def run(args) -> dict:
             recall = fact_recall(model, tokenizer, held_out, batch_size=args.batch_size * 4)
         return {"ppl": ppl, "recall": recall}
 
+    # In-domain calibration: a share of the samples cut from the facts' training text (the knowledge
+    # recall measures), the rest from the calibration half.
+    fact_samples = round(args.calib_samples * args.calib_facts)
+    facts_stream = tokenize_stream(tokenizer, _facts_text(info)) if fact_samples else None
+    out["calibration_fact_samples"] = fact_samples
+
     def calibration(seed: int) -> torch.Tensor:
-        return pack_samples(calib_stream, args.calib_samples, args.calib_seqlen, seed, bos, source="calibration half")
+        ids = pack_samples(calib_stream, args.calib_samples - fact_samples, args.calib_seqlen, seed, bos,
+                           source="calibration half")
+        if not fact_samples:
+            return ids
+        facts = pack_samples(facts_stream, fact_samples, args.calib_seqlen, seed, bos, source="facts training text")
+        return torch.cat([ids, facts])
 
     dense = load_model(model_dir)
     text_config = text_config_of(dense.config)
@@ -580,7 +600,10 @@ def render(merged: dict, command: str) -> str:
         "",
         f"Three texts, none seen by the others: training on `wikitext-2-valid.txt` (+ the facts); calibration on the "
         f"first half of `wikitext-2-raw-test.txt` ({merged['calibration_tokens_available']} tokens; "
-        f"{settings['calib_samples']} x {settings['calib_seqlen']} BOS-led samples per seed); perplexity on its second "
+        f"{settings['calib_samples']} x {settings['calib_seqlen']} BOS-led samples per seed"
+        + (f", {merged['calibration_fact_samples']} of them cut from the facts' training text instead (in-domain "
+           "calibration: the facts recall measures, in their training phrasings)" if merged.get("calibration_fact_samples") else "")
+        + "); perplexity on its second "
         f"half (first {merged['eval_tokens']} tokens, BOS-led windows of {settings['seqlen']}). Fact recall: "
         f"{merged['recall_queries']} held-out queries (templates never in the training corpus) spread over all facts, "
         "scored as lm-eval's greedy `acc`.",
@@ -689,6 +712,9 @@ def merge(results: list[dict]) -> dict:
     kept once, from the first. Dense numbers and stage costs come from the first (each process
     measures its own forward pass, so ratios stay within one process).
     """
+    shares = {res["settings"].get("calib_facts", 0.0) for res in results}
+    if len(shares) > 1:
+        raise SystemExit(f"--merge: the results were calibrated on different mixes (--calib-facts {sorted(shares)})")
     first = dict(results[0])
     runs = {}
     for run in (r for res in results for r in res["runs"]):
@@ -727,6 +753,9 @@ def main(argv=None) -> int:
     parser.add_argument("--calib-samples", type=int, default=64, help="calibration sequences (default: 64)")
     parser.add_argument("--calib-seqlen", type=int, default=128, help="calibration sequence length (default: 128)")
     parser.add_argument("--calib-batch-size", type=int, default=16, help="calibration forward batch (default: 16)")
+    parser.add_argument("--calib-facts", type=float, default=0.0,
+                        help="share of the calibration samples cut from the bench model's facts training text "
+                        "(in-domain calibration; default: 0, all from the calibration half)")
     parser.add_argument("--seeds", type=int, default=3, help="calibration (and random-channel) seeds (default: 3)")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5], help="FFN pruning ratios")
     parser.add_argument("--methods", nargs="+", choices=all_methods(), help="channel scores (default: all)")
@@ -754,6 +783,8 @@ def main(argv=None) -> int:
         return 0
     if args.seeds < 1:
         parser.error("--seeds: must be at least 1")
+    if not 0 <= args.calib_facts <= 1:
+        parser.error(f"--calib-facts: must be a share in [0, 1], got {args.calib_facts}")
     if MMAP_THRESHOLD_ENV not in os.environ:
         # glibc serves big allocations from a heap that grows its mmap threshold as tensors are
         # freed, so freed memory stays resident and later stages show no growth. A fixed threshold
