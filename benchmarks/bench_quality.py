@@ -237,7 +237,7 @@ def run(args) -> dict:
         "info": {**info, "model_dir": str(model_dir)},
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "eval_tokens": len(eval_ids), "calibration_tokens_available": len(calib_stream),
-        "recall_queries": len(held_out), "runs": [], "quant": [], "plans": {},
+        "recall_queries": len(held_out), "runs": [], "quant": [], "plans": {}, "threads": torch.get_num_threads(),
     }
 
     def measure(model) -> dict:
@@ -496,9 +496,10 @@ CARD_CELL = ("wifv", "bias", "one-shot", "uniform")
 METRIC_NAMES = {"ppl": ("perplexity", True, 2), "recall": ("recall", False, 3)}  # name, lower is better, digits
 
 
-def against_card(grid: Grid) -> list[str]:
+def against_card(grid: Grid, shown: int = 5) -> list[str]:
     """The cells that beat the card's recipe at the same ratio (the same FFN size): better beyond noise
-    on one metric and not worse beyond noise on the other, best recall first."""
+    on one metric and not worse beyond noise on the other, best recall first (`shown` in full, the
+    rest by name)."""
     out = []
     for ratio in sorted(grid.keys(4)):
         card = {m: grid.get(*CARD_CELL, ratio, m) for m in METRIC_NAMES}
@@ -525,25 +526,42 @@ def against_card(grid: Grid) -> list[str]:
             if better and not worse:
                 wins.append((cell["recall"].mean, f"  - {'/'.join(key[:4])}: " + "; ".join(parts) + "."))
         if wins:
-            out += [line for _, line in sorted(wins, reverse=True)]
+            ranked = [line for _, line in sorted(wins, reverse=True)]
+            out += ranked[:shown]
+            if len(ranked) > shown:
+                rest = [line.split(":")[0].strip(" -") for line in ranked[shown:]]
+                out.append(f"  - {len(rest)} more, by recall: " + ", ".join(rest) + ".")
         else:
             out.append("  - nothing in the grid beats it beyond noise without losing beyond noise on the other metric.")
     return out
 
 
-def plan_findings(grid: Grid) -> list[str]:
-    """FLAP-suggested widths (per-layer ratios from the WIFV scores) against uniform ones, one-shot."""
-    out = []
-    for ratio in sorted(grid.keys(4)):
-        for metric, (what, lower, digits) in METRIC_NAMES.items():
-            for method in grid.keys(0):
-                for comp in grid.keys(1):
-                    suggested, uniform = (grid.get(method, comp, "one-shot", plan, ratio, metric)
-                                          for plan in ("flap-suggested", "uniform"))
-                    if suggested and uniform:
-                        out.append(f"FLAP-suggested vs uniform widths, {ratio:.0%}, {method}, {comp}, {what}: "
-                                   + compare("suggested", suggested, "uniform", uniform, lower, digits) + ".")
-    return out
+def plan_comparison(grid: Grid) -> list[str]:
+    """FLAP-suggested widths (per-layer ratios from the WIFV scores) against uniform ones, one-shot:
+    a table of suggested minus uniform per channel score, compensation, ratio and metric, each with
+    twice the combined std; bold where the gap exceeds it."""
+    ratios = sorted(grid.keys(4))
+    columns = [(ratio, metric) for ratio in ratios for metric in METRIC_NAMES]
+    rows = []
+    for method in grid.keys(0):
+        for comp in grid.keys(1):
+            cells = []
+            for ratio, metric in columns:
+                suggested, uniform = (grid.get(method, comp, "one-shot", plan, ratio, metric)
+                                      for plan in ("flap-suggested", "uniform"))
+                if not (suggested and uniform):
+                    cells.append("-")
+                    continue
+                digits = METRIC_NAMES[metric][2]
+                gap, noise = suggested.mean - uniform.mean, 2 * math.hypot(suggested.std, uniform.std)
+                text = f"{gap:+.{digits}f} (2 sigma {noise:.{digits}f})"
+                cells.append(f"**{text}**" if abs(gap) > noise else text)
+            if any(cell != "-" for cell in cells):
+                rows.append([method, comp] + cells)
+    if not rows:
+        return []
+    header = ["channels", "compensation"] + [f"{METRIC_NAMES[m][0]} {r:.0%}" for r, m in columns]
+    return [_table(header, rows)]
 
 
 def _model_description(info: dict) -> str:
@@ -586,13 +604,17 @@ def render(merged: dict, command: str) -> str:
         command,
         "```",
         "",
-        f"Run {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} CPU thread(s) per process, on a shared 2-core machine (load average "
-        f"{merged['load_average'][0]:.1f} at the end; times are noisy, CPU-time ratios steadier).",
+        f"Rendered {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}, torch {torch.__version__}; the runs used "
+        f"{merged.get('threads', 1)} CPU thread(s) per process (`BENCH_THREADS`), on a shared 2-core machine (load "
+        f"average up to {merged['load_average'][0]:.1f} at the end of a run; times are noisy, CPU-time ratios steadier).",
         "",
         "## Does the bench discriminate?",
         "",
         *discrimination(merged, grid),
+        "",
+        "The cells that beat the card's recipe are listed under [Against the card's recipe at the same size]"
+        "(#against-the-cards-recipe-at-the-same-size); what the grid says, in words, is at the end, under "
+        "[What this bench says](#what-this-bench-says) when its notes are there.",
         "",
         "## The model and the data",
         "",
@@ -639,9 +661,11 @@ def render(merged: dict, command: str) -> str:
               "Every cell of the grid (channels/compensation/calibration/widths) that beats the card's recipe at the same "
               "FFN ratio on one metric beyond twice the combined standard deviation, and loses on neither beyond it.", ""]
     lines += [f"- {f}" if not f.startswith("  ") else f for f in against_card(grid)]
-    suggested = plan_findings(grid)
+    suggested = plan_comparison(grid)
     if suggested:
-        lines += ["", "## FLAP-suggested against uniform widths", ""] + [f"- {f}" for f in suggested]
+        lines += ["", "## FLAP-suggested against uniform widths", "",
+                  "One-shot, FLAP-suggested minus uniform at the same ratio (perplexity: lower is better; recall: "
+                  "higher is better), with twice the combined std; **bold** where the gap exceeds it.", ""] + suggested
     lines += ["", "## Issue 13's expectations, checked", "",
               "Each sentence says whether the gap exceeds twice the combined standard deviation.", ""]
     lines += [f"- {f}" for f in findings(grid)]
@@ -712,7 +736,7 @@ def merge(results: list[dict]) -> dict:
     kept once, from the first. Dense numbers and stage costs come from the first (each process
     measures its own forward pass, so ratios stay within one process).
     """
-    shares = {res["settings"].get("calib_facts", 0.0) for res in results}
+    shares = {res["settings"].get("calib_facts") or 0.0 for res in results}  # absent from older results
     if len(shares) > 1:
         raise SystemExit(f"--merge: the results were calibrated on different mixes (--calib-facts {sorted(shares)})")
     first = dict(results[0])

@@ -64,6 +64,16 @@ def test_against_card_lists_only_cells_better_beyond_noise_and_worse_nowhere(ben
     assert "perplexity 101.00 +- 1.00 (better by 0.00, 2 x combined std 2.83: within noise)" in lines[1]
 
 
+def test_against_card_names_the_cells_past_the_first_few(bench):
+    grid = bench.Grid(runs("wifv", "bias", [100, 101, 102], [0.10, 0.11, 0.12])
+                      + runs("obs", "refit", [100, 101, 102], [0.30, 0.31, 0.32])
+                      + runs("obs", "none", [100, 101, 102], [0.20, 0.21, 0.22])
+                      + runs("wifv", "refit", [100, 101, 102], [0.25, 0.26, 0.27]))
+    lines = bench.against_card(grid, shown=1)
+    assert lines[1].startswith("  - obs/refit/one-shot/uniform: perplexity")
+    assert lines[2:] == ["  - 2 more, by recall: wifv/refit/one-shot/uniform, obs/none/one-shot/uniform."]
+
+
 def test_against_card_says_so_when_nothing_beats_it(bench):
     grid = bench.Grid(runs("wifv", "bias", [100, 101, 102], [0.10, 0.11, 0.12], ratio=0.2)
                       + runs("random", "bias", [120, 121, 122], [0.10, 0.11, 0.12], ratio=0.2))

@@ -324,7 +324,7 @@ def flap_controls() -> dict:
         )
         compensation = gr.Dropdown(
             list(COMPENSATIONS), value=FlapSettings.compensation, label="compensation of the removed channels", elem_id="plan-compensation",
-            info="bias: FLAP's mean bias; refit: least-squares refit of the kept down_proj; none",
+            info="bias: FLAP's mean bias (the card's); refit: least-squares refit of the kept down_proj (more recall at 50% on the bench, docs/results.md); none",
         )
         sequential = gr.Checkbox(FlapSettings.sequential, label="sequential calibration (each layer on the pruned layers before it)",
                                  elem_id="plan-sequential")
