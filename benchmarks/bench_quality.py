@@ -158,19 +158,28 @@ def prune_sequential_fixed(model, calib_ids, widths, scores, compensation, setti
     mark_pruned(model, list(widths))
 
 
-def prune_copy(dense, method, compensation, mode, widths, stats, scores, calib_ids, batch_size):
+def prune_copy(dense, method, compensation, mode, widths, stats, scores, calib_ids, batch_size,
+               refit_damp=FlapSettings.refit_damp):
     """A pruned copy of `dense`. `scores` are the one-shot scores of `method`."""
     model = copy.deepcopy(dense)
     flap_metric = method in METRICS
     settings = FlapSettings(
         metric=method if flap_metric else "wifv", compensation=compensation, sequential=mode == "sequential",
-        batch_size=batch_size,
+        batch_size=batch_size, refit_damp=refit_damp,
     )
     if mode == "sequential" and not flap_metric:
         prune_sequential_fixed(model, calib_ids, widths, scores, compensation, settings)
     else:
         apply_plan(model, widths, settings, stats, None if settings.sequential else scores, calib_ids)
     return model
+
+
+def compensation_label(compensation: str, refit_damp: float) -> str:
+    """The grid's compensation column: the library's name, with the refit's ridge weight when it is
+    not the default (the OBS metric damps its Gram matrix by the same weight)."""
+    if compensation == "refit" and refit_damp != FlapSettings.refit_damp:
+        return f"refit damp {refit_damp:g}"
+    return compensation
 
 
 def stage_name(compensation: str, mode: str) -> str:
@@ -301,19 +310,21 @@ def run(args) -> dict:
                     for mode in modes:
                         if mode == "sequential" and method not in sequential:
                             continue
-                        for compensation in args.compensations:
+                        for compensation, damp in ((c, d) for c in args.compensations
+                                                   for d in (args.refit_damps if c == "refit" else [FlapSettings.refit_damp])):
                             if mode == "sequential" and method not in METRICS and compensation == "none":
                                 continue  # fixed channels and nothing measured: the one-shot model again
+                            label = compensation_label(compensation, damp)
                             with costs.measure(stage_name(compensation, mode)):
                                 model = prune_copy(dense, method, compensation, mode, widths, stats, scores[method],
-                                                   calib_ids, args.calib_batch_size)
-                            row = {"method": method, "compensation": compensation, "mode": mode, "plan": kind,
+                                                   calib_ids, args.calib_batch_size, damp)
+                            row = {"method": method, "compensation": label, "mode": mode, "plan": kind,
                                    "ratio": ratio, "seed": seed, **measure(model)}
                             out["runs"].append(row)
                             save_partial(out, costs, args.json)
-                            _log(f"seed {seed} {kind} {ratio:g} {method} {compensation} {mode}: "
+                            _log(f"seed {seed} {kind} {ratio:g} {method} {label} {mode}: "
                                  f"ppl {row['ppl']:.2f} recall {row['recall']:.3f}")
-                            key = f"{method}/{compensation}/{mode}"
+                            key = f"{method}/{label}/{mode}"
                             if (not args.no_quant and kind == "uniform" and ratio == args.ratios[0]
                                     and key in args.quant_models):
                                 quant_models[key] = model
@@ -640,7 +651,7 @@ def render(merged: dict, command: str) -> str:
     for plan in grid.keys(3):
         for ratio in sorted(grid.keys(4)):
             for metric, title, digits in (("ppl", "perplexity, lower is better", 2), ("recall", "held-out fact recall, higher is better", 3)):
-                comps = [c for c in COMPENSATIONS if c in grid.keys(1)]
+                comps = [c for c in COMPENSATIONS if c in grid.keys(1)] + [c for c in grid.keys(1) if c not in COMPENSATIONS]
                 rows = []
                 for method in grid.keys(0):
                     for mode in MODES:
@@ -784,6 +795,9 @@ def main(argv=None) -> int:
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.2, 0.5], help="FFN pruning ratios")
     parser.add_argument("--methods", nargs="+", choices=all_methods(), help="channel scores (default: all)")
     parser.add_argument("--compensations", nargs="+", choices=COMPENSATIONS, default=list(COMPENSATIONS))
+    parser.add_argument("--refit-damps", type=float, nargs="+", default=[FlapSettings.refit_damp],
+                        help="ridge weights of the refit (and of OBS's Gram matrix), each its own column "
+                        f"(default: {FlapSettings.refit_damp:g})")
     parser.add_argument("--full", action="store_true",
                         help="the whole grid: sequential for every score, and FLAP-suggested widths")
     parser.add_argument("--plans", nargs="+", choices=PLANS, default=["uniform"],
