@@ -320,11 +320,11 @@ def flap_controls() -> dict:
     with gr.Row():
         metric = gr.Dropdown(
             list(METRICS), value=FlapSettings.metric, label="channel score", elem_id="plan-metric",
-            info="wifv: FLAP's fluctuation (the card's); ifv, wifn: its variants; obs: greedy least-squares cost (docs/obs.md)",
+            info="wifv: FLAP's (the card's); obs: least-squares cost (docs/obs.md)",
         )
         compensation = gr.Dropdown(
             list(COMPENSATIONS), value=FlapSettings.compensation, label="compensation of the removed channels", elem_id="plan-compensation",
-            info="bias: FLAP's mean bias (the card's); refit: least-squares refit of the kept down_proj (more recall at 50% on the bench, docs/results.md); none",
+            info="bias: FLAP's (the card's); refit: least-squares, more recall at 50% (docs/results.md)",
         )
         sequential = gr.Checkbox(FlapSettings.sequential, label="sequential calibration (each layer on the pruned layers before it)",
                                  elem_id="plan-sequential")
