@@ -509,8 +509,8 @@ METRIC_NAMES = {"ppl": ("perplexity", True, 2), "recall": ("recall", False, 3)} 
 
 def against_card(grid: Grid, shown: int = 5) -> list[str]:
     """The cells that beat the card's recipe at the same ratio (the same FFN size): better beyond noise
-    on one metric and not worse beyond noise on the other, best recall first (`shown` in full, the
-    rest by name)."""
+    on one metric and not worse beyond noise on the other. Those better on both come first, then by
+    recall (`shown` in full, the rest by name)."""
     out = []
     for ratio in sorted(grid.keys(4)):
         card = {m: grid.get(*CARD_CELL, ratio, m) for m in METRIC_NAMES}
@@ -525,19 +525,21 @@ def against_card(grid: Grid, shown: int = 5) -> list[str]:
             cell = {m: grid.get(*key, m) for m in METRIC_NAMES}
             if min(stat.n for stat in cell.values()) < 2:
                 continue  # one seed: no noise to compare against
-            parts, better, worse = [], False, False
+            parts, better, worse = [], 0, False
             for m, (name, lower, digits) in METRIC_NAMES.items():
                 gain = (card[m].mean - cell[m].mean) if lower else (cell[m].mean - card[m].mean)
                 noise = 2 * math.hypot(card[m].std, cell[m].std)
-                better |= gain > noise
+                better += gain > noise
                 worse |= -gain > noise
                 parts.append(f"{name} {cell[m].fmt(digits)} ({'better' if gain >= 0 else 'worse'} by "
                              f"{abs(gain):.{digits}f}, 2 x combined std {noise:.{digits}f}: "
                              f"{'beyond noise' if abs(gain) > noise else 'within noise'})")
             if better and not worse:
-                wins.append((cell["recall"].mean, f"  - {'/'.join(key[:4])}: " + "; ".join(parts) + "."))
+                both = better == len(METRIC_NAMES)
+                line = f"  - {'/'.join(key[:4])}: " + "; ".join(parts) + (". **Better on both.**" if both else ".")
+                wins.append((both, cell["recall"].mean, line))
         if wins:
-            ranked = [line for _, line in sorted(wins, reverse=True)]
+            ranked = [line for *_, line in sorted(wins, reverse=True)]
             out += ranked[:shown]
             if len(ranked) > shown:
                 rest = [line.split(":")[0].strip(" -") for line in ranked[shown:]]
@@ -670,7 +672,8 @@ def render(merged: dict, command: str) -> str:
     lines += _render_costs(merged)
     lines += ["", "## Against the card's recipe at the same size", "",
               "Every cell of the grid (channels/compensation/calibration/widths) that beats the card's recipe at the same "
-              "FFN ratio on one metric beyond twice the combined standard deviation, and loses on neither beyond it.", ""]
+              "FFN ratio on one metric beyond twice the combined standard deviation, and loses on neither beyond it; "
+              "those better on both metrics first, then by recall.", ""]
     lines += [f"- {f}" if not f.startswith("  ") else f for f in against_card(grid)]
     suggested = plan_comparison(grid)
     if suggested:

@@ -74,6 +74,16 @@ def test_against_card_names_the_cells_past_the_first_few(bench):
     assert lines[2:] == ["  - 2 more, by recall: wifv/refit/one-shot/uniform, obs/none/one-shot/uniform."]
 
 
+def test_against_card_puts_cells_better_on_both_metrics_first(bench):
+    grid = bench.Grid(runs("wifv", "bias", [100, 101, 102], [0.10, 0.11, 0.12])
+                      + runs("obs", "refit", [100, 101, 102], [0.30, 0.31, 0.32])          # recall only
+                      + runs("obs", "refit damp 0.5", [90, 91, 92], [0.20, 0.21, 0.22]))  # both
+    lines = bench.against_card(grid)
+    assert lines[1].startswith("  - obs/refit damp 0.5/one-shot/uniform: perplexity 91.00 +- 1.00 (better by 10.00")
+    assert lines[1].endswith(". **Better on both.**")
+    assert lines[2].startswith("  - obs/refit/one-shot/uniform:") and lines[2].endswith("beyond noise).")
+
+
 def test_against_card_says_so_when_nothing_beats_it(bench):
     grid = bench.Grid(runs("wifv", "bias", [100, 101, 102], [0.10, 0.11, 0.12], ratio=0.2)
                       + runs("random", "bias", [120, 121, 122], [0.10, 0.11, 0.12], ratio=0.2))

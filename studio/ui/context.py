@@ -96,7 +96,7 @@ class Shared:
     # the hook for tabs that follow new results (Analysis selects it; Chat may offer its export).
     finished_job: object = None
     calibration: dict = field(default_factory=dict)  # name -> input component (source, samples, seqlen, seed)
-    flap: dict = field(default_factory=dict)  # name -> input component (metric, compensation, sequential), in the plan tab
+    flap: dict = field(default_factory=dict)  # name -> input component (metric, compensation, refit_damp, sequential), in the plan tab
 
 
 # --- what each tab's create_ui returns, for the wiring across tabs in studio.ui.app -------------

@@ -60,7 +60,8 @@ def build_spec(
 ) -> dict:
     """The job spec mapping for the current model, plan and forms (validated by `parse_spec`).
 
-    `flap` holds the form's FLAP choices (`metric`, `compensation`, `sequential`); absent ones take the spec defaults.
+    `flap` holds the form's FLAP choices (`metric`, `compensation`, `refit_damp`, `sequential`); absent ones take the
+    spec defaults.
     """
     if not model_state:
         raise ValueError("model: load a model first (Model & data tab)")
@@ -354,6 +355,7 @@ def create_ui(ctx: StudioContext, shared: Shared) -> JobsTab:
         submit_button = gr.Button("Submit current plan", variant="primary", elem_id="submit-job", scale=1)
     # The plan's channel score, compensation and calibration choices, set in the Pruning plan tab.
     compensation, sequential, metric = shared.flap["compensation"], shared.flap["sequential"], shared.flap["metric"]
+    refit_damp = shared.flap["refit_damp"]
     submit_message = gr.Markdown(elem_id="submit-message")
     with gr.Row():
         with gr.Column(scale=3):
@@ -379,18 +381,20 @@ def create_ui(ctx: StudioContext, shared: Shared) -> JobsTab:
     def submit_current_plan(output_name, quantize_after, evaluate_after, model_state, plan_state,
                             calibration_source, samples, seqlen, seed, compensation_choice=FlapSettings.compensation,
                             sequential_choice=FlapSettings.sequential, metric_choice=FlapSettings.metric,
+                            refit_damp_choice=FlapSettings.refit_damp,
                             profile: gr.OAuthProfile | None = None):
         # On a Space: signed-in users only, under the per-user job limit (Gradio fills `profile`).
         # A refusal is an error (API callers get it as one), like cancelling someone else's job.
         user = access.require_submitter(profile, job_store(ctx.home).all_jobs())
-        flap = {"metric": metric_choice, "compensation": compensation_choice, "sequential": bool(sequential_choice)}
+        flap = {"metric": metric_choice, "compensation": compensation_choice, "refit_damp": refit_damp_choice,
+                "sequential": bool(sequential_choice)}
         return submit_job(output_name, quantize_after, evaluate_after, model_state, plan_state,
                           calibration_source, samples, seqlen, seed, ctx, user, flap)
 
     submit_button.click(
         submit_current_plan,
         [output, quantize, evaluate, shared.model_state, shared.plan_state,
-         cal["source"], cal["samples"], cal["seqlen"], cal["seed"], compensation, sequential, metric],
+         cal["source"], cal["samples"], cal["seqlen"], cal["seed"], compensation, sequential, metric, refit_damp],
         [last_job, submit_message],
         api_name="submit_job",
     ).success(remember_job, [last_job, shared.browser_jobs], [shared.browser_jobs, selected], api_visibility="private")

@@ -1,7 +1,7 @@
 """Pruning plan tab: the per-layer table, presets, suggestions from scores and the size estimate.
 
-The plan's FLAP choices (the channel score, how the removed channels are compensated, one-shot or
-sequential calibration) are set here too; a job submitted from the plan (Jobs tab) uses them.
+The plan's FLAP choices (the channel score, how the removed channels are compensated and the
+refit's ridge weight, one-shot or sequential calibration) are set here too; a job submitted from the plan (Jobs tab) uses them.
 
 Handlers never raise into the page: a bad input comes back as a warning in the message beside the
 control, and the table and the plan stay as they were. Outputs an API caller sees always hold a
@@ -315,8 +315,8 @@ def suggest(stats_path: str, target: float, max_ratio: float, plan_state, model_
 
 
 def flap_controls() -> dict:
-    """The plan's FLAP choices (`flap.metric`, `flap.compensation`, `flap.sequential` of the job it
-    becomes), defaulting to the spec's: WIFV channels, bias, one-shot."""
+    """The plan's FLAP choices (`flap.metric`, `flap.compensation`, `flap.refit_damp`, `flap.sequential`
+    of the job it becomes), defaulting to the spec's: WIFV channels, bias, ridge 0.01, one-shot."""
     with gr.Row():
         metric = gr.Dropdown(
             list(METRICS), value=FlapSettings.metric, label="channel score", elem_id="plan-metric",
@@ -326,9 +326,13 @@ def flap_controls() -> dict:
             list(COMPENSATIONS), value=FlapSettings.compensation, label="compensation of the removed channels", elem_id="plan-compensation",
             info="bias: FLAP's (the card's); refit: least-squares, more recall at 50% (docs/results.md)",
         )
+        refit_damp = gr.Number(
+            FlapSettings.refit_damp, label="refit ridge weight", minimum=0, maximum=0.99, step=0.01, elem_id="plan-refit-damp",
+            info="refit and obs: 0.5 fits calibration less closely, better perplexity (docs/results.md)",
+        )
         sequential = gr.Checkbox(FlapSettings.sequential, label="sequential calibration (each layer on the pruned layers before it)",
                                  elem_id="plan-sequential")
-    return {"metric": metric, "compensation": compensation, "sequential": sequential}
+    return {"metric": metric, "compensation": compensation, "refit_damp": refit_damp, "sequential": sequential}
 
 
 def create_ui(ctx: StudioContext, shared: Shared) -> PlanTab:
