@@ -461,26 +461,26 @@ def findings(grid: Grid) -> list[str]:
     out = []
     ratios = sorted(grid.keys(4))
     for ratio in [r for r in ratios if r >= 0.5] or ratios[-1:]:
-        for metric, lower in (("ppl", True), ("recall", False)):
-            digits = 2 if metric == "ppl" else 3
-            what = "perplexity" if metric == "ppl" else "recall"
+        for metric, (what, lower, digits) in METRIC_NAMES.items():
+
+            def versus(title, which, name_a, cell_a, name_b, cell_b):
+                """One sentence comparing two uniform cells of this ratio, when both were run."""
+                a, b = (grid.get(*cell, "uniform", ratio, metric) for cell in (cell_a, cell_b))
+                if a and b:
+                    out.append(f"{title}, {ratio:.0%}, {which}, {what}: "
+                               + compare(name_a, a, name_b, b, lower, digits) + ".")
+
             for comp in grid.keys(1):
-                flap, rand = (grid.get(m, comp, "one-shot", "uniform", ratio, metric) for m in ("wifv", "random"))
-                if flap and rand:
-                    out.append(f"FLAP selection vs random, {ratio:.0%}, {comp}, one-shot, {what}: "
-                               + compare("WIFV", flap, "random", rand, lower, digits) + ".")
+                versus("FLAP selection vs random", f"{comp}, one-shot",
+                       "WIFV", ("wifv", comp, "one-shot"), "random", ("random", comp, "one-shot"))
             for method in ("wifv", "random"):
                 for mode in grid.keys(2):
-                    refit, bias = (grid.get(method, c, mode, "uniform", ratio, metric) for c in ("refit", "bias"))
-                    if refit and bias:
-                        out.append(f"Refit vs bias, {ratio:.0%}, {method}, {mode}, {what}: "
-                                   + compare("refit", refit, "bias", bias, lower, digits) + ".")
+                    versus("Refit vs bias", f"{method}, {mode}",
+                           "refit", (method, "refit", mode), "bias", (method, "bias", mode))
             for method in ("wifv", "random"):
                 for comp in grid.keys(1):
-                    seq, one = (grid.get(method, comp, m, "uniform", ratio, metric) for m in ("sequential", "one-shot"))
-                    if seq and one:
-                        out.append(f"Sequential vs one-shot, {ratio:.0%}, {method}, {comp}, {what}: "
-                                   + compare("sequential", seq, "one-shot", one, lower, digits) + ".")
+                    versus("Sequential vs one-shot", f"{method}, {comp}",
+                           "sequential", (method, comp, "sequential"), "one-shot", (method, comp, "one-shot"))
     for ratio in ratios:
         for method in grid.keys(0):
             for mode in grid.keys(2):
@@ -536,13 +536,14 @@ def against_card(grid: Grid, shown: int = 5) -> list[str]:
                              f"{'beyond noise' if abs(gain) > noise else 'within noise'})")
             if better and not worse:
                 both = better == len(METRIC_NAMES)
-                line = f"  - {'/'.join(key[:4])}: " + "; ".join(parts) + (". **Better on both.**" if both else ".")
-                wins.append((both, cell["recall"].mean, line))
+                name = "/".join(key[:4])
+                line = f"  - {name}: " + "; ".join(parts) + (". **Better on both.**" if both else ".")
+                wins.append((both, cell["recall"].mean, name, line))
         if wins:
-            ranked = [line for *_, line in sorted(wins, reverse=True)]
-            out += ranked[:shown]
+            ranked = sorted(wins, reverse=True)
+            out += [line for *_, line in ranked[:shown]]
             if len(ranked) > shown:
-                rest = [line.split(":")[0].strip(" -") for line in ranked[shown:]]
+                rest = [name for _, _, name, _ in ranked[shown:]]
                 out.append(f"  - {len(rest)} more, by recall: " + ", ".join(rest) + ".")
         else:
             out.append("  - nothing in the grid beats it beyond noise without losing beyond noise on the other metric.")
@@ -826,6 +827,11 @@ def main(argv=None) -> int:
         parser.error("--seeds: must be at least 1")
     if not 0 <= args.calib_facts <= 1:
         parser.error(f"--calib-facts: must be a share in [0, 1], got {args.calib_facts}")
+    for damp in args.refit_damps:  # checked here, not after the dense model has been measured
+        try:
+            FlapSettings(refit_damp=damp)
+        except ValueError as err:
+            parser.error(str(err).replace("flap.refit_damp", "--refit-damps"))
     if MMAP_THRESHOLD_ENV not in os.environ:
         # glibc serves big allocations from a heap that grows its mmap threshold as tensors are
         # freed, so freed memory stays resident and later stages show no growth. A fixed threshold
